@@ -1,0 +1,181 @@
+"""One frozen, typed configuration object, loaded from TOML.
+
+`load_config()` is the only place that reads the file; everything else gets the
+`Config` passed down explicitly (no module globals).  Every option is described
+in pacs.example.toml, which a test loads so the two cannot drift apart.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from engine.errors import EngineError
+
+
+class ConfigError(EngineError):
+    """The configuration file or a command-line override is invalid."""
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """The DICOM listener and its protection limits."""
+
+    ae_title: str = "PACS"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    #: Largest PDU we accept (offered as Maximum Length in A-ASSOCIATE-AC).
+    max_pdu_length: int = 1 << 20
+    #: Largest A-ASSOCIATE-RQ accepted before association (a peer cannot make us buffer more).
+    max_associate_rq_length: int = 64 * 1024
+    max_associations: int = 64
+    max_associations_per_ip: int = 32
+    #: Seconds to wait for A-ASSOCIATE-RQ after connect, and for close after A-RELEASE/A-ABORT.
+    artim_timeout: float = 10.0
+    #: Seconds an established association may stay silent before it is aborted.
+    idle_timeout: float = 120.0
+    #: Seconds a started DIMSE message may take to arrive completely.
+    dimse_timeout: float = 300.0
+    #: If non-empty, only these calling AE titles may associate (reject 1/1/3 otherwise).
+    allowed_calling_ae_titles: tuple[str, ...] = ()
+    #: Reject associations whose called AE title is not ours (reject 1/1/7).
+    require_called_ae_title: bool = False
+    #: Event loop implementation: "uvloop" when installed, else "asyncio"; or force one.
+    loop: str = "auto"
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where instances and the index live."""
+
+    data_dir: Path = Path("pacs-data")
+    #: LMDB map size in bytes; the index grows up to this (sparse file, not preallocated).
+    index_map_size: int = 64 << 30
+    #: What to do when different content arrives under an existing SOP Instance UID:
+    #: "keep-first" (warning, second copy kept as a conflict), "replace" (warning, the new
+    #: copy becomes current, the old one kept as a conflict) or "reject" (failure 0x0111).
+    duplicate_policy: str = "keep-first"
+    #: Up to this many index updates of concurrent associations share one LMDB commit.
+    group_commit_max: int = 256
+    #: Keep this many bytes free on the data volume; stores fail with 0xA700 below it.
+    min_free_bytes: int = 256 << 20
+    #: Threads that fsync and rename received files (several associations in parallel).
+    io_threads: int = 4
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the server needs, immutable once loaded."""
+
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def with_overrides(self, **sections: Mapping[str, Any]) -> "Config":
+        """Return a copy with some fields of some sections replaced (CLI flags)."""
+        changes = {}
+        for name, values in sections.items():
+            values = {k: v for k, v in values.items() if v is not None}
+            if values:
+                changes[name] = _build(type(getattr(self, name)), {
+                    **dataclasses.asdict(getattr(self, name)), **values}, name)
+        return dataclasses.replace(self, **changes)
+
+
+_DUPLICATE_POLICIES = {"keep-first", "replace", "reject"}
+
+
+def _build(cls: type, raw: Mapping[str, Any], section: str) -> Any:
+    """Build one section dataclass from a mapping, checking names and types."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(raw) - set(fields)
+    if unknown:
+        raise ConfigError(f"[{section}]: unknown option(s) {', '.join(sorted(unknown))}")
+    kwargs = {}
+    for name, value in raw.items():
+        default = getattr(cls(), name)
+        kwargs[name] = _coerce(value, default, f"{section}.{name}")
+    obj = cls(**kwargs)
+    _validate(obj, section)
+    return obj
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if isinstance(default, Path):
+        return Path(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    if isinstance(default, float):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if isinstance(default, int):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _validate(obj: Any, section: str) -> None:
+    if isinstance(obj, NetworkConfig):
+        if not 1 <= len(obj.ae_title.strip()) <= 16 or "\\" in obj.ae_title:
+            raise ConfigError(f"[{section}] ae_title must be 1-16 characters without backslash")
+        if not 0 <= obj.port <= 65535:
+            raise ConfigError(f"[{section}] port out of range: {obj.port}")
+        if obj.max_pdu_length < 4096:
+            raise ConfigError(f"[{section}] max_pdu_length must be at least 4096")
+        if obj.loop not in {"auto", "uvloop", "asyncio"}:
+            raise ConfigError(f"[{section}] loop must be auto, uvloop or asyncio")
+        for name in ("artim_timeout", "idle_timeout", "dimse_timeout"):
+            if getattr(obj, name) <= 0:
+                raise ConfigError(f"[{section}] {name} must be positive")
+    if isinstance(obj, StorageConfig):
+        if obj.duplicate_policy not in _DUPLICATE_POLICIES:
+            raise ConfigError(
+                f"[{section}] duplicate_policy must be one of {sorted(_DUPLICATE_POLICIES)}")
+        if obj.group_commit_max < 1 or obj.io_threads < 1:
+            raise ConfigError(f"[{section}] group_commit_max and io_threads must be >= 1")
+
+
+def config_from_mapping(raw: Mapping[str, Any]) -> Config:
+    """Build a Config from a parsed TOML document (sections network/storage/logging)."""
+    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    unknown = set(raw) - set(sections)
+    if unknown:
+        raise ConfigError(f"unknown section(s) {', '.join(sorted(unknown))}")
+    built = {}
+    for f in dataclasses.fields(Config):
+        section = raw.get(f.name, {})
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"[{f.name}] must be a table")
+        built[f.name] = _build(type(getattr(Config(), f.name)), section, f.name)
+    return Config(**built)
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load the TOML file at `path`, or the built-in defaults when `path` is None."""
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return config_from_mapping(raw)

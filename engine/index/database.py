@@ -1,0 +1,80 @@
+"""The LMDB environment of the index: one file pair in <data dir>/index.
+
+Sub-databases (keys are UTF-8):
+
+    patients          patient key (PatientID NUL Issuer)   -> PatientRecord
+    studies           StudyInstanceUID                     -> StudyRecord
+    series            SeriesInstanceUID                    -> SeriesRecord
+    instances         SOPInstanceUID                       -> InstanceRecord
+    patient_studies   patient key       (dupsort)          -> StudyInstanceUID
+    study_series      StudyInstanceUID  (dupsort)          -> SeriesInstanceUID
+    series_instances  SeriesInstanceUID (dupsort)          -> SOPInstanceUID
+    blobs             content hash (hex)                   -> BlobRecord
+    conflicts         SOPInstanceUID NUL content hash      -> ConflictRecord
+    meta              name                                 -> value (schema version, totals)
+
+Every update of a record and of the keys that point to it happens in one write
+transaction, so the hierarchy is never seen half-updated.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import lmdb
+
+from engine.errors import EngineError
+
+SCHEMA_VERSION = b"1"
+_DUPSORT = ("patient_studies", "study_series", "series_instances")
+_PLAIN = ("patients", "studies", "series", "instances", "blobs", "conflicts", "meta")
+
+
+class IndexSchemaError(EngineError):
+    """The index on disk was written by an incompatible schema version."""
+
+
+@dataclass(frozen=True)
+class Tables:
+    patients: object
+    studies: object
+    series: object
+    instances: object
+    blobs: object
+    conflicts: object
+    meta: object
+    patient_studies: object
+    study_series: object
+    series_instances: object
+
+
+class IndexDatabase:
+    """Opens the LMDB environment and its tables; shared by the writer and readers."""
+
+    def __init__(self, path: Path, map_size: int, readonly: bool = False) -> None:
+        self.path = Path(path)
+        if not readonly:
+            self.path.mkdir(parents=True, exist_ok=True)
+        # sync/metasync stay on: a commit returns only once it is on disk.
+        self.env = lmdb.open(
+            str(self.path), map_size=map_size, max_dbs=len(_DUPSORT) + len(_PLAIN) + 2,
+            subdir=True, readonly=readonly, sync=True, metasync=True, lock=True,
+            readahead=False, max_readers=512, create=not readonly)
+        handles = {}
+        with self.env.begin(write=not readonly) as txn:
+            for name in _PLAIN:
+                handles[name] = self.env.open_db(name.encode(), txn=txn, create=not readonly)
+            for name in _DUPSORT:
+                handles[name] = self.env.open_db(name.encode(), txn=txn, dupsort=True,
+                                                 create=not readonly)
+            version = txn.get(b"schema_version", db=handles["meta"])
+            if version is None and not readonly:
+                txn.put(b"schema_version", SCHEMA_VERSION, db=handles["meta"])
+            elif version is not None and version != SCHEMA_VERSION:
+                raise IndexSchemaError(
+                    f"index schema {version.decode()} found, this version reads "
+                    f"{SCHEMA_VERSION.decode()}")
+        self.tables = Tables(**handles)
+
+    def close(self) -> None:
+        self.env.close()

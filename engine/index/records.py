@@ -1,0 +1,175 @@
+"""Versioned binary layout of index records, decoded without pydicom.
+
+Layout (little endian)::
+
+    u8 layout version | u8 record kind | u16 field count n
+    u32 end offset of each field (n of them, relative to the payload start)
+    payload: the fields' UTF-8 bytes, back to back
+
+A record is read straight from LMDB's zero-copy buffer: `RecordView` slices the
+memoryview and decodes only the fields asked for.  Adding a field at the end of
+a kind keeps old records readable (missing trailing fields read as "").
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, fields
+from typing import ClassVar, TypeVar
+
+LAYOUT_VERSION = 1
+_HEAD = struct.Struct("<BBH")
+
+
+class RecordError(ValueError):
+    """A stored record is not in a layout this version can read."""
+
+
+def encode_fields(kind: int, values: list[str]) -> bytes:
+    """Encode a list of text fields as one record of `kind`."""
+    encoded = [v.encode("utf-8", "surrogateescape") for v in values]
+    ends = []
+    total = 0
+    for item in encoded:
+        total += len(item)
+        ends.append(total)
+    return b"".join((_HEAD.pack(LAYOUT_VERSION, kind, len(encoded)),
+                     struct.pack(f"<{len(ends)}I", *ends), *encoded))
+
+
+class RecordView:
+    """Lazy view of one record inside a buffer (bytes or an LMDB memoryview)."""
+
+    __slots__ = ("_buf", "_count", "_base", "kind")
+
+    def __init__(self, buf: bytes | memoryview) -> None:
+        if len(buf) < _HEAD.size:
+            raise RecordError("record shorter than its header")
+        version, kind, count = _HEAD.unpack_from(buf, 0)
+        if version != LAYOUT_VERSION:
+            raise RecordError(f"record layout {version} is not readable by layout {LAYOUT_VERSION}")
+        self._buf = buf
+        self._count = count
+        self._base = _HEAD.size + 4 * count
+        self.kind = kind
+        if len(buf) < self._base:
+            raise RecordError("record offset table truncated")
+
+    def field(self, index: int) -> str:
+        if index >= self._count:
+            return ""
+        end = struct.unpack_from("<I", self._buf, _HEAD.size + 4 * index)[0]
+        start = struct.unpack_from("<I", self._buf, _HEAD.size + 4 * (index - 1))[0] if index else 0
+        return bytes(self._buf[self._base + start:self._base + end]).decode("utf-8", "surrogateescape")
+
+
+R = TypeVar("R", bound="Record")
+
+
+@dataclass(frozen=True)
+class Record:
+    """Base of the typed records: each subclass lists its fields in stored order."""
+
+    KIND: ClassVar[int] = 0
+    _INT_FIELDS: ClassVar[frozenset[str]] = frozenset()
+
+    def encode(self) -> bytes:
+        return encode_fields(self.KIND, [str(getattr(self, f.name)) for f in fields(self)])
+
+    @classmethod
+    def decode(cls: type[R], buf: bytes | memoryview) -> R:
+        view = RecordView(buf)
+        if view.kind != cls.KIND:
+            raise RecordError(f"expected record kind {cls.KIND}, found {view.kind}")
+        values = {}
+        for i, f in enumerate(fields(cls)):
+            text = view.field(i)
+            values[f.name] = int(text or 0) if f.name in cls._INT_FIELDS else text
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class PatientRecord(Record):
+    KIND: ClassVar[int] = 1
+    _INT_FIELDS: ClassVar[frozenset[str]] = frozenset({"number_of_studies"})
+    patient_id: str = ""
+    issuer_of_patient_id: str = ""
+    patient_name: str = ""
+    patient_birth_date: str = ""
+    patient_sex: str = ""
+    number_of_studies: int = 0
+
+
+@dataclass(frozen=True)
+class StudyRecord(Record):
+    KIND: ClassVar[int] = 2
+    _INT_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"number_of_series", "number_of_instances"})
+    patient_key: str = ""
+    study_date: str = ""
+    study_time: str = ""
+    accession_number: str = ""
+    study_id: str = ""
+    study_description: str = ""
+    referring_physician_name: str = ""
+    modalities_in_study: str = ""  # backslash-separated, as the DICOM value
+    sop_classes_in_study: str = ""  # backslash-separated
+    number_of_series: int = 0
+    number_of_instances: int = 0
+    specific_character_set: str = ""
+
+
+@dataclass(frozen=True)
+class SeriesRecord(Record):
+    KIND: ClassVar[int] = 3
+    _INT_FIELDS: ClassVar[frozenset[str]] = frozenset({"number_of_instances"})
+    study_instance_uid: str = ""
+    modality: str = ""
+    series_number: str = ""
+    series_description: str = ""
+    body_part_examined: str = ""
+    number_of_instances: int = 0
+
+
+@dataclass(frozen=True)
+class InstanceRecord(Record):
+    KIND: ClassVar[int] = 4
+    _INT_FIELDS: ClassVar[frozenset[str]] = frozenset({"size", "dataset_offset"})
+    sop_class_uid: str = ""
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    instance_number: str = ""
+    transfer_syntax_uid: str = ""
+    content_hash: str = ""
+    size: int = 0
+    #: Offset of the dataset inside the stored Part 10 file (after the file meta).
+    dataset_offset: int = 0
+    received_at: str = ""  # UTC, ISO 8601
+    calling_ae_title: str = ""
+    number_of_frames: str = ""
+    rows: str = ""
+    columns: str = ""
+
+
+@dataclass(frozen=True)
+class ConflictRecord(Record):
+    """A second, different object received under an existing SOP Instance UID."""
+
+    KIND: ClassVar[int] = 5
+    _INT_FIELDS: ClassVar[frozenset[str]] = frozenset({"size", "dataset_offset"})
+    content_hash: str = ""
+    size: int = 0
+    dataset_offset: int = 0
+    transfer_syntax_uid: str = ""
+    received_at: str = ""
+    calling_ae_title: str = ""
+    resolution: str = ""  # "kept-first" or "replaced"
+
+
+@dataclass(frozen=True)
+class BlobRecord(Record):
+    """How many index entries (current or conflict) reference a stored blob."""
+
+    KIND: ClassVar[int] = 6
+    _INT_FIELDS: ClassVar[frozenset[str]] = frozenset({"references", "size"})
+    references: int = 0
+    size: int = 0

@@ -1,0 +1,178 @@
+"""Association establishment as acceptor (PS3.8 7.1, PS3.7 D.3).
+
+Decoding the A-ASSOCIATE-RQ, presentation-context negotiation and PDU encoding
+are pynetdicom's; this module adds our policy (AE-title checks, association
+limits, what we support) and returns the bytes to send.  No I/O here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydicom.uid import UID
+from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ, A_RELEASE_RP
+from pynetdicom.pdu_primitives import (
+    A_ABORT, A_ASSOCIATE, A_P_ABORT, ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification, MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation)
+from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
+
+from engine.dicom.uids import (
+    ACCEPTED_TRANSFER_SYNTAXES, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME,
+    STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS)
+from engine.errors import MalformedPDU
+
+APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"
+
+# A-ASSOCIATE-RJ (result, source, reason) triples, PS3.8 9.3.4.
+REJECT_CALLING_AE_NOT_RECOGNIZED = (0x01, 0x01, 0x03)
+REJECT_CALLED_AE_NOT_RECOGNIZED = (0x01, 0x01, 0x07)
+REJECT_APPLICATION_CONTEXT_NOT_SUPPORTED = (0x01, 0x01, 0x02)
+REJECT_LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)
+REJECT_PROTOCOL_VERSION_NOT_SUPPORTED = (0x01, 0x03, 0x02)
+
+# A-ABORT source 2 = service provider, reasons PS3.8 9.3.8.
+ABORT_REASON_NOT_SPECIFIED = 0x00
+ABORT_UNRECOGNIZED_PDU = 0x01
+ABORT_UNEXPECTED_PDU = 0x02
+ABORT_INVALID_PDU_PARAMETER = 0x06
+
+
+def _abort_pdu(source: int, reason: int) -> bytes:
+    if source == 0x02:
+        primitive = A_P_ABORT()
+        primitive.provider_reason = reason
+    else:
+        primitive = A_ABORT()
+        primitive.abort_source = source
+    pdu = A_ABORT_RQ()
+    pdu.from_primitive(primitive)
+    return pdu.encode()
+
+
+#: Bytes of the fixed PDUs, built once with pynetdicom.
+A_RELEASE_RP_PDU = A_RELEASE_RP().encode()
+A_ABORT_BY_USER_PDU = _abort_pdu(0x00, 0x00)
+
+
+def provider_abort_pdu(reason: int) -> bytes:
+    """An A-ABORT with source "service provider" (we detected a protocol error)."""
+    return _abort_pdu(0x02, reason)
+
+
+def supported_contexts(sop_classes: tuple[str, ...] = STORAGE_SOP_CLASSES,
+                       transfer_syntaxes: tuple[str, ...] = ACCEPTED_TRANSFER_SYNTAXES,
+                       ) -> list[PresentationContext]:
+    """The presentation contexts we accept: Verification plus every storage SOP class."""
+    contexts = []
+    for abstract in (VERIFICATION_SOP_CLASS, *sop_classes):
+        cx = PresentationContext()
+        cx.abstract_syntax = UID(abstract)
+        cx.transfer_syntax = [UID(ts) for ts in (
+            ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
+            if abstract == VERIFICATION_SOP_CLASS else transfer_syntaxes)]
+        cx.scp_role = True
+        cx.scu_role = False
+        contexts.append(cx)
+    return contexts
+
+
+@dataclass(frozen=True)
+class AcceptorPolicy:
+    """Who may associate with us and on what terms."""
+
+    ae_title: str
+    max_pdu_length: int
+    allowed_calling_ae_titles: tuple[str, ...] = ()
+    require_called_ae_title: bool = False
+
+
+@dataclass(frozen=True)
+class AcceptedContext:
+    context_id: int
+    abstract_syntax: str
+    transfer_syntax: str
+
+
+@dataclass
+class NegotiationResult:
+    """Outcome of an A-ASSOCIATE-RQ: the PDU to send, and the agreed terms if accepted."""
+
+    response: bytes
+    accepted: bool
+    calling_ae_title: str = ""
+    called_ae_title: str = ""
+    #: Largest PDU the peer accepts from us (0 = unlimited).
+    peer_max_pdu_length: int = 0
+    contexts: dict[int, AcceptedContext] = field(default_factory=dict)
+    reject_reason: tuple[int, int, int] | None = None
+
+
+def _reject(reason: tuple[int, int, int], calling: str = "", called: str = "") -> NegotiationResult:
+    primitive = A_ASSOCIATE()
+    primitive.result, primitive.result_source, primitive.diagnostic = reason
+    pdu = A_ASSOCIATE_RJ()
+    pdu.from_primitive(primitive)
+    return NegotiationResult(pdu.encode(), False, calling, called, reject_reason=reason)
+
+
+def decode_associate_rq(raw: bytes) -> A_ASSOCIATE:
+    """Decode an A-ASSOCIATE-RQ PDU to pynetdicom's primitive; MalformedPDU if it is not one."""
+    try:
+        pdu = A_ASSOCIATE_RQ()
+        pdu.decode(raw)
+        return pdu.to_primitive()
+    except Exception as exc:  # pynetdicom raises a variety of types for garbage
+        raise MalformedPDU(f"undecodable A-ASSOCIATE-RQ: {type(exc).__name__}") from exc
+
+
+def negotiate_association(raw_rq: bytes, policy: AcceptorPolicy,
+                          contexts: list[PresentationContext],
+                          over_limit: bool = False) -> NegotiationResult:
+    """Decide on an A-ASSOCIATE-RQ and build the AC or RJ PDU to answer it."""
+    rq = decode_associate_rq(raw_rq)
+    calling = (rq.calling_ae_title or "").strip()
+    called = (rq.called_ae_title or "").strip()
+    if over_limit:
+        return _reject(REJECT_LOCAL_LIMIT_EXCEEDED, calling, called)
+    if str(rq.application_context_name) != APPLICATION_CONTEXT_NAME:
+        return _reject(REJECT_APPLICATION_CONTEXT_NOT_SUPPORTED, calling, called)
+    if policy.allowed_calling_ae_titles and calling not in policy.allowed_calling_ae_titles:
+        return _reject(REJECT_CALLING_AE_NOT_RECOGNIZED, calling, called)
+    if policy.require_called_ae_title and called != policy.ae_title.strip():
+        return _reject(REJECT_CALLED_AE_NOT_RECOGNIZED, calling, called)
+
+    peer_max = 0
+    roles: dict = {}
+    for item in rq.user_information or []:
+        if isinstance(item, MaximumLengthNotification):
+            peer_max = int(item.maximum_length_received or 0)
+        elif isinstance(item, SCP_SCU_RoleSelectionNegotiation):
+            roles[item.sop_class_uid] = (item.scu_role, item.scp_role)
+
+    results, role_items = negotiate_as_acceptor(
+        rq.presentation_context_definition_list, contexts, roles or None)
+
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = policy.max_pdu_length
+    impl_uid = ImplementationClassUIDNotification()
+    impl_uid.implementation_class_uid = UID(IMPLEMENTATION_CLASS_UID)
+    impl_name = ImplementationVersionNameNotification()
+    impl_name.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+
+    ac = A_ASSOCIATE()
+    ac.application_context_name = UID(APPLICATION_CONTEXT_NAME)
+    ac.calling_ae_title = rq.calling_ae_title
+    ac.called_ae_title = rq.called_ae_title
+    ac.result = 0x00
+    ac.result_source = 0x01
+    ac.presentation_context_definition_results_list = results
+    ac.user_information = [max_length, impl_uid, impl_name, *role_items]
+    pdu = A_ASSOCIATE_AC()
+    pdu.from_primitive(ac)
+
+    accepted = {
+        cx.context_id: AcceptedContext(cx.context_id, str(cx.abstract_syntax),
+                                       str(cx.transfer_syntax[0]))
+        for cx in results if cx.result == 0x00
+    }
+    return NegotiationResult(pdu.encode(), True, calling, called, peer_max, accepted)

@@ -1,0 +1,280 @@
+"""The asyncio side of associations: sockets, timers, limits, ordering.
+
+One `AssociationProtocol` per TCP connection drives an `AssociationMachine`.
+Messages are handled strictly in order: while a C-STORE is being made durable,
+reading from that peer is paused, so responses go out in request order and a
+fast peer cannot queue unbounded work.  A single sweeper task enforces the
+ARTIM, idle and DIMSE timeouts of every association.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from engine.errors import PDUError
+from engine.net import status as st
+from engine.net.acse import (
+    A_ABORT_BY_USER_PDU, A_RELEASE_RP_PDU, ABORT_REASON_NOT_SPECIFIED, AcceptorPolicy,
+    provider_abort_pdu, supported_contexts)
+from engine.net.association import (
+    AssociationMachine, CommandReceived, DatasetFragment, Established, PeerAborted, Rejected,
+    ReleaseRequested, SendPDU, State)
+from engine.net.dimse import C_ECHO_RQ, C_STORE_RQ
+from engine.net.pdu_framing import encode_p_data
+from engine.net.services import ServiceProvider, StoreOperation
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ListenerLimits:
+    max_associations: int
+    max_associations_per_ip: int
+    max_associate_rq_length: int
+    artim_timeout: float
+    idle_timeout: float
+    dimse_timeout: float
+
+
+class AssociationProtocol(asyncio.Protocol):
+    def __init__(self, listener: "DicomListener") -> None:
+        self.listener = listener
+        self.id = f"assoc#{next(listener.ids)}"
+        self.transport: asyncio.Transport | None = None
+        self.peer_ip = ""
+        self.machine = AssociationMachine(
+            listener.policy, listener.contexts, listener.limits.max_associate_rq_length,
+            self._over_limit)
+        self._events: deque = deque()
+        self._operation: StoreOperation | None = None
+        self._completion: asyncio.Task | None = None
+        self._closed = False
+        self.connected_at = time.monotonic()
+        self.last_activity = self.connected_at
+        self.message_started_at: float | None = None
+        self._calling_ae = ""
+        self._peer_max_pdu = 0
+
+    # -- asyncio callbacks ------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if peer else ""
+        self.listener.register(self)
+        log.debug("%s connection from %s", self.id, self.peer_ip)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
+        try:
+            self._events.extend(self.machine.receive(data))
+        except PDUError as exc:
+            self._drain()  # act on what was valid before the bad bytes
+            self.abort(getattr(exc, "reason", ABORT_REASON_NOT_SPECIFIED), str(exc))
+            return
+        if self._completion is None:
+            self._drain()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if self._operation is not None and self._completion is None:
+            self._operation.abort()  # mid-dataset: nothing of it is kept
+            self._operation = None
+        self.listener.unregister(self)
+        log.debug("%s closed", self.id)
+
+    # -- message handling -------------------------------------------------------
+    def _over_limit(self) -> bool:
+        return self.listener.over_limit(self)
+
+    def _drain(self) -> None:
+        """Act on queued events in order; stop while a store is being committed."""
+        events = self._events
+        while events and self._completion is None and not self._closed:
+            event = events.popleft()
+            if isinstance(event, DatasetFragment):
+                operation = self._operation
+                if operation is not None:
+                    operation.feed(event.data)
+                    if event.last:
+                        self._start_completion(operation)
+            elif isinstance(event, SendPDU):
+                self._send(event.data)
+                if event.close_after:
+                    self._close()
+            elif isinstance(event, CommandReceived):
+                self._on_command(event)
+            elif isinstance(event, Established):
+                self._calling_ae = event.negotiation.calling_ae_title
+                self._peer_max_pdu = event.negotiation.peer_max_pdu_length
+                log.info("%s established: calling %s called %s, %d contexts", self.id,
+                         event.negotiation.calling_ae_title, event.negotiation.called_ae_title,
+                         len(event.negotiation.contexts))
+            elif isinstance(event, Rejected):
+                log.info("%s rejected (%d/%d/%d): calling %s called %s", self.id,
+                         *event.negotiation.reject_reason, event.negotiation.calling_ae_title,
+                         event.negotiation.called_ae_title)
+            elif isinstance(event, ReleaseRequested):
+                self._send(A_RELEASE_RP_PDU)
+                self._close()
+            elif isinstance(event, PeerAborted):
+                log.info("%s aborted by peer", self.id)
+                self._close()
+        if self._completion is None and self.transport is not None and not self._closed:
+            self.transport.resume_reading()
+
+    def _on_command(self, event: CommandReceived) -> None:
+        command = event.command
+        field = command.command_field
+        self.message_started_at = time.monotonic() if command.has_dataset else None
+        if field == C_STORE_RQ and command.has_dataset:
+            self._operation = self.listener.services.begin_store(
+                event.context, command, self._calling_ae, self.id)
+        elif field == C_ECHO_RQ:
+            self._send_command(event.context.context_id, self.listener.services.echo(command))
+        else:
+            self.abort(ABORT_REASON_NOT_SPECIFIED,
+                       f"unsupported DIMSE command 0x{field or 0:04X}")
+
+    def _start_completion(self, operation: StoreOperation) -> None:
+        self.transport.pause_reading()
+        self._completion = asyncio.get_running_loop().create_task(self._complete(operation))
+
+    async def _complete(self, operation: StoreOperation) -> None:
+        try:
+            response = await operation.complete()
+            if not self._closed:
+                self._send_command(operation.context_id, response)
+        finally:
+            self._operation = None
+            self._completion = None
+            self.message_started_at = None
+            if not self._closed:
+                self._drain()
+
+    # -- output -----------------------------------------------------------------
+    def _send(self, pdu: bytes) -> None:
+        if not self._closed and self.transport is not None:
+            self.transport.write(pdu)
+
+    def _send_command(self, context_id: int, command_set: bytes) -> None:
+        for pdu in encode_p_data(context_id, True, command_set, self._peer_max_pdu):
+            self._send(pdu)
+
+    def _close(self) -> None:
+        if self.transport is not None and not self._closed:
+            self.transport.close()
+
+    def abort(self, reason: int, why: str) -> None:
+        """Send A-ABORT (service provider) and drop the connection."""
+        log.warning("%s aborting: %s", self.id, why)
+        if self._operation is not None and self._completion is None:
+            self._operation.abort()
+            self._operation = None
+        self._events.clear()
+        if self.transport is not None and not self._closed:
+            self.transport.write(provider_abort_pdu(reason))
+            self.transport.close()
+        self._closed = True
+
+    def check_deadlines(self, now: float) -> None:
+        limits = self.listener.limits
+        state = self.machine.state
+        if state is State.AWAITING_ASSOCIATE_RQ and now - self.connected_at > limits.artim_timeout:
+            log.info("%s ARTIM expired waiting for A-ASSOCIATE-RQ", self.id)
+            self._hard_close()
+        elif state is State.AWAITING_CLOSE and now - self.last_activity > limits.artim_timeout:
+            self._hard_close()
+        elif state is State.ESTABLISHED and self._completion is None:
+            if self.message_started_at is not None and \
+                    now - self.message_started_at > limits.dimse_timeout:
+                self.abort(ABORT_REASON_NOT_SPECIFIED, "DIMSE timeout: message incomplete")
+            elif now - self.last_activity > limits.idle_timeout:
+                self.abort(ABORT_REASON_NOT_SPECIFIED, "idle timeout")
+
+    def _hard_close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        self._closed = True
+
+
+class DicomListener:
+    """Accepts TCP connections and tracks every association for limits and shutdown."""
+
+    def __init__(self, policy: AcceptorPolicy, limits: ListenerLimits,
+                 services: ServiceProvider) -> None:
+        self.policy = policy
+        self.limits = limits
+        self.services = services
+        self.contexts = supported_contexts()
+        self.ids = itertools.count(1)
+        self.associations: set[AssociationProtocol] = set()
+        self._per_ip: dict[str, int] = {}
+        self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: AssociationProtocol(self), host, port, reuse_address=True, backlog=256)
+        self._sweeper = loop.create_task(self._sweep())
+        return self._server.sockets[0].getsockname()[1]
+
+    def register(self, assoc: AssociationProtocol) -> None:
+        self.associations.add(assoc)
+        self._per_ip[assoc.peer_ip] = self._per_ip.get(assoc.peer_ip, 0) + 1
+
+    def unregister(self, assoc: AssociationProtocol) -> None:
+        if assoc in self.associations:
+            self.associations.discard(assoc)
+            left = self._per_ip.get(assoc.peer_ip, 1) - 1
+            if left:
+                self._per_ip[assoc.peer_ip] = left
+            else:
+                self._per_ip.pop(assoc.peer_ip, None)
+
+    def over_limit(self, assoc: AssociationProtocol) -> bool:
+        """Checked when an A-ASSOCIATE-RQ arrives (answered with A-ASSOCIATE-RJ 2/3/2)."""
+        established = sum(1 for a in self.associations
+                          if a is not assoc and a.machine.state is State.ESTABLISHED)
+        return (established >= self.limits.max_associations
+                or self._per_ip.get(assoc.peer_ip, 0) > self.limits.max_associations_per_ip)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            for assoc in list(self.associations):
+                assoc.check_deadlines(now)
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop accepting, let in-flight stores finish, then abort what is left."""
+        if self._server is not None:
+            self._server.close()
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(
+                a._completion is not None for a in self.associations):
+            await asyncio.sleep(0.02)
+        for assoc in list(self.associations):
+            if assoc._completion is not None:
+                await asyncio.wait({assoc._completion}, timeout=max(0.0, deadline - time.monotonic()))
+            if assoc.transport is not None and not assoc._closed:
+                assoc.transport.write(A_ABORT_BY_USER_PDU)
+                assoc.transport.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+__all__ = ["DicomListener", "ListenerLimits", "AssociationProtocol", "st"]

@@ -1,0 +1,94 @@
+"""DIMSE service providers: Verification (C-ECHO) and Storage (C-STORE) SCP.
+
+A service turns a received command into either an immediate response, or an
+operation that consumes the dataset fragments and answers after `complete()`.
+"""
+from __future__ import annotations
+
+import logging
+
+from engine.dicom.tags import CMD_AFFECTED_SOP_CLASS_UID, CMD_AFFECTED_SOP_INSTANCE_UID
+from engine.dicom.uids import VERIFICATION_SOP_CLASS, is_valid_uid
+from engine.errors import EngineError
+from engine.ingest.pipeline import IngestPipeline, InstanceReceiver
+from engine.net import status as st
+from engine.net.acse import AcceptedContext
+from engine.net.dimse import C_ECHO_RQ, C_ECHO_RSP, C_STORE_RQ, C_STORE_RSP, Command, encode_response
+
+log = logging.getLogger(__name__)
+
+
+class StoreOperation:
+    """One C-STORE: feeds the dataset to ingest, or drains it when refused up front."""
+
+    __slots__ = ("context_id", "command", "receiver", "refusal", "assoc_id")
+
+    def __init__(self, context_id: int, command: Command, receiver: InstanceReceiver | None,
+                 refusal: tuple[int, str] | None, assoc_id: str) -> None:
+        self.context_id = context_id
+        self.command = command
+        self.receiver = receiver
+        self.refusal = refusal
+        self.assoc_id = assoc_id
+
+    def feed(self, fragment: memoryview) -> None:
+        if self.receiver is not None:
+            self.receiver.feed(fragment)
+
+    def abort(self) -> None:
+        if self.receiver is not None:
+            self.receiver.abort()
+
+    async def complete(self) -> bytes:
+        """Store durably (or not) and return the C-STORE-RSP command set."""
+        if self.refusal is not None:
+            status, comment = self.refusal
+        else:
+            assert self.receiver is not None
+            try:
+                result = await self.receiver.complete()
+                status, comment = st.status_for_outcome(result.outcome)
+                if status:
+                    log.warning("%s C-STORE %s: %s", self.assoc_id, result.outcome.value,
+                                result.content_hash[:16])
+            except EngineError as exc:
+                status, comment = st.status_for_error(exc)
+                log.warning("%s C-STORE failed with 0x%04X: %s", self.assoc_id, status, exc)
+            except Exception:
+                log.exception("%s C-STORE failed unexpectedly", self.assoc_id)
+                status, comment = st.FAILURE_PROCESSING, "internal error while storing"
+        return encode_response(C_STORE_RSP, self.command, status, comment)
+
+
+class ServiceProvider:
+    """Dispatches commands of an established association to the right service."""
+
+    def __init__(self, pipeline: IngestPipeline) -> None:
+        self.pipeline = pipeline
+
+    def echo(self, command: Command) -> bytes:
+        return encode_response(C_ECHO_RSP, command, st.SUCCESS)
+
+    def begin_store(self, context: AcceptedContext, command: Command, calling_ae_title: str,
+                    assoc_id: str) -> StoreOperation:
+        sop_class = command.text(CMD_AFFECTED_SOP_CLASS_UID) or ""
+        sop_instance = command.text(CMD_AFFECTED_SOP_INSTANCE_UID) or ""
+        refusal = None
+        if not is_valid_uid(sop_class) or not is_valid_uid(sop_instance):
+            refusal = (st.FAILURE_INVALID_UID, "Affected SOP Class/Instance UID is not a valid UID")
+        elif sop_class != context.abstract_syntax or sop_class == VERIFICATION_SOP_CLASS:
+            refusal = (st.FAILURE_SOP_CLASS_NOT_SUPPORTED,
+                       "SOP Class differs from the presentation context's")
+        receiver = None
+        if refusal is None:
+            try:
+                receiver = self.pipeline.begin(sop_class, sop_instance, context.transfer_syntax,
+                                               calling_ae_title)
+            except EngineError as exc:
+                refusal = st.status_for_error(exc)
+        if refusal is not None:
+            log.warning("%s C-STORE refused with 0x%04X: %s", assoc_id, *refusal)
+        return StoreOperation(context.context_id, command, receiver, refusal, assoc_id)
+
+
+SUPPORTED_COMMANDS = {C_ECHO_RQ, C_STORE_RQ}

@@ -1,0 +1,123 @@
+"""Composition root and lifecycle: startup(), serve(), shutdown().
+
+Builds every part from the one Config, in dependency order, and tears them
+down in reverse: stop accepting, let in-flight stores finish, commit the index,
+close.  The event-loop implementation is chosen here and nowhere else.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+from engine.config import Config
+from engine.index.database import IndexDatabase
+from engine.index.reader import IndexReader
+from engine.index.writer import GroupCommitWriter
+from engine.ingest.pipeline import IngestPipeline
+from engine.net.acse import AcceptorPolicy
+from engine.net.listener import DicomListener, ListenerLimits
+from engine.net.services import ServiceProvider
+from engine.store.blob_store import FilesystemBlobStore
+
+log = logging.getLogger(__name__)
+
+
+def event_loop_factory(name: str):
+    """Return a loop factory: uvloop's when asked for or ("auto") when installed."""
+    if name in ("auto", "uvloop"):
+        try:
+            import uvloop
+            return uvloop.new_event_loop
+        except ImportError:
+            if name == "uvloop":
+                raise
+    return asyncio.new_event_loop
+
+
+@dataclass
+class Archive:
+    """The storage side of the server: blob store + index + ingest pipeline."""
+
+    store: FilesystemBlobStore
+    db: IndexDatabase
+    reader: IndexReader
+    writer: GroupCommitWriter
+    pipeline: IngestPipeline
+
+    @classmethod
+    def open(cls, config: Config) -> "Archive":
+        storage = config.storage
+        store = FilesystemBlobStore(storage.data_dir, storage.min_free_bytes)
+        removed = store.open()
+        if removed:
+            log.info("removed %d partial file(s) left by an interrupted run", removed)
+        db = IndexDatabase(storage.data_dir / "index", storage.index_map_size)
+        writer = GroupCommitWriter(db, storage.duplicate_policy, storage.group_commit_max)
+        writer.start()
+        reader = IndexReader(db)
+        pipeline = IngestPipeline(store, writer, reader, storage.io_threads)
+        return cls(store, db, reader, writer, pipeline)
+
+    def close(self) -> None:
+        self.pipeline.close()
+        self.writer.stop()
+        self.db.close()
+
+
+class Server:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.archive: Archive | None = None
+        self.listener: DicomListener | None = None
+        self.port: int | None = None
+        self._stop = asyncio.Event()
+
+    async def startup(self) -> None:
+        net = self.config.network
+        self.archive = Archive.open(self.config)
+        policy = AcceptorPolicy(net.ae_title, net.max_pdu_length, net.allowed_calling_ae_titles,
+                                net.require_called_ae_title)
+        limits = ListenerLimits(net.max_associations, net.max_associations_per_ip,
+                                net.max_associate_rq_length, net.artim_timeout,
+                                net.idle_timeout, net.dimse_timeout)
+        self.listener = DicomListener(policy, limits, ServiceProvider(self.archive.pipeline))
+        self.port = await self.listener.start(net.host, net.port)
+        log.info("%s listening on %s:%d, data in %s", net.ae_title, net.host, self.port,
+                 self.config.storage.data_dir)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def serve(self) -> None:
+        await self.serve_ready(None)
+
+    async def serve_ready(self, ready) -> None:
+        """Serve until stopped; `ready.set()` (a threading.Event) once listening."""
+        await self.startup()
+        if ready is not None:
+            ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        log.info("stopping: no new associations, finishing in-flight stores")
+        if self.listener is not None:
+            await self.listener.stop()
+        if self.archive is not None:
+            self.archive.close()
+        log.info("stopped")
+
+    def run(self) -> None:
+        """Serve until SIGINT/SIGTERM on the configured event loop."""
+        loop = event_loop_factory(self.config.network.loop)()
+        asyncio.set_event_loop(loop)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            loop.run_until_complete(self.serve())
+        finally:
+            loop.close()

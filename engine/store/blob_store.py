@@ -1,0 +1,233 @@
+"""Content-addressed storage of immutable blobs; knows nothing of DICOM.
+
+Layout under the root::
+
+    objects/ab/cd/abcd…  one file per blob, named by its content hash only
+    tmp/<random>.partial  blobs being received; removed at start-up
+
+A name in objects/ is derived from the hash alone (64 lowercase hex digits are
+checked), never from anything a peer sent, so no network input can name a path
+outside the root.  `commit()` promises durability: when it returns, the blob is
+fsync'd, renamed to its address, and the directory entry is fsync'd too.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from engine.errors import EngineError, OutOfResources
+
+_ADDRESS = re.compile(r"[0-9a-f]{64}")
+_TEMP_SUFFIX = ".partial"
+
+
+class InvalidAddress(EngineError, ValueError):
+    """A content address is not 64 lowercase hex digits."""
+
+
+class BlobNotFound(EngineError, FileNotFoundError):
+    """No blob is stored at that address."""
+
+
+def _check(address: str) -> str:
+    if not _ADDRESS.fullmatch(address):
+        raise InvalidAddress("content address must be 64 lowercase hex digits")
+    return address
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _raise_resources(exc: OSError, what: str) -> None:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        raise OutOfResources(f"{what}: {os.strerror(exc.errno)}") from exc
+
+
+class TempBlob:
+    """A blob being written; lives in tmp/ until committed or discarded.
+
+    Writes go through the OS page cache; `commit()` makes them durable.
+    """
+
+    __slots__ = ("path", "_fd", "size")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        self.size = 0
+
+    def write(self, data) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+                self.size += written
+        except OSError as exc:
+            _raise_resources(exc, "writing received object")
+            raise
+
+    def fsync_and_close(self) -> None:
+        if self._fd < 0:
+            return
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            _raise_resources(exc, "flushing received object")
+            raise
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+
+    def discard(self) -> None:
+        """Throw the partial blob away (error paths); safe to call twice."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+class FilesystemBlobStore:
+    """Blobs as files under `root`, two directory levels deep by hash prefix."""
+
+    def __init__(self, root: Path, min_free_bytes: int = 0) -> None:
+        self.root = Path(root)
+        self.objects = self.root / "objects"
+        self.tmp = self.root / "tmp"
+        self.min_free_bytes = min_free_bytes
+        self._known_dirs: set[str] = set()
+        self._dir_lock = threading.Lock()
+        self._free_checked_at = 0.0
+        self._free_ok = True
+
+    # -- lifecycle -------------------------------------------------------------
+    def open(self) -> int:
+        """Create the layout and remove leftover temp blobs; returns how many were removed."""
+        for path in (self.root, self.objects, self.tmp):
+            path.mkdir(parents=True, exist_ok=True)
+        removed = 0
+        for leftover in self.tmp.iterdir():
+            if leftover.is_file() and leftover.name.endswith(_TEMP_SUFFIX):
+                leftover.unlink()
+                removed += 1
+        return removed
+
+    # -- writing ---------------------------------------------------------------
+    def check_free_space(self) -> None:
+        """Raise OutOfResources when the volume is below the configured reserve.
+
+        Checked at most every 0.5 s: statvfs is cheap but not free at 1,000 stores/s.
+        """
+        now = time.monotonic()
+        if now - self._free_checked_at > 0.5:
+            st = os.statvfs(self.root)
+            self._free_ok = st.f_bavail * st.f_frsize >= self.min_free_bytes
+            self._free_checked_at = now
+        if not self._free_ok:
+            raise OutOfResources("storage volume below its free-space reserve")
+
+    def create_temp(self) -> TempBlob:
+        self.check_free_space()
+        try:
+            return TempBlob(self.tmp / f"{secrets.token_hex(12)}{_TEMP_SUFFIX}")
+        except OSError as exc:
+            _raise_resources(exc, "creating temp file")
+            raise
+
+    def commit(self, temp: TempBlob, address: str) -> bool:
+        """Make `temp` durable under `address`.
+
+        Order: fsync(file) → rename → fsync(directory).  Returns False when a blob
+        with that address already existed (identical content): the temp is removed
+        and the existing blob is kept.
+        """
+        final = self.path_of(address)
+        temp.fsync_and_close()
+        directory = self._ensure_dir(final.parent)
+        if final.exists():
+            temp.discard()
+            return False
+        try:
+            os.rename(temp.path, final)
+        except OSError as exc:
+            temp.discard()
+            _raise_resources(exc, "renaming received object")
+            raise
+        _fsync_dir(directory)
+        return True
+
+    def _ensure_dir(self, directory: Path) -> Path:
+        key = str(directory)
+        if key in self._known_dirs:
+            return directory
+        with self._dir_lock:
+            if not directory.is_dir():
+                for level in (directory.parent, directory):
+                    if not level.is_dir():
+                        level.mkdir(exist_ok=True)
+                        _fsync_dir(level.parent)  # the new directory's own entry
+            self._known_dirs.add(key)
+        return directory
+
+    # -- reading ---------------------------------------------------------------
+    def path_of(self, address: str) -> Path:
+        _check(address)
+        return self.objects / address[:2] / address[2:4] / address
+
+    def exists(self, address: str) -> bool:
+        return self.path_of(address).is_file()
+
+    def open_blob(self, address: str) -> BinaryIO:
+        try:
+            return open(self.path_of(address), "rb")
+        except FileNotFoundError as exc:
+            raise BlobNotFound(address) from exc
+
+    def read_range(self, address: str, offset: int, length: int) -> bytes:
+        with self.open_blob(address) as fh:
+            fh.seek(offset)
+            return fh.read(length)
+
+    def size(self, address: str) -> int:
+        try:
+            return self.path_of(address).stat().st_size
+        except FileNotFoundError as exc:
+            raise BlobNotFound(address) from exc
+
+    def remove(self, address: str) -> None:
+        try:
+            os.unlink(self.path_of(address))
+        except FileNotFoundError:
+            pass
+
+    def iter_addresses(self) -> Iterator[str]:
+        """Every stored address (a full walk: for verification tools, not hot paths)."""
+        if not self.objects.is_dir():
+            return
+        for first in sorted(self.objects.iterdir()):
+            if not first.is_dir():
+                continue
+            for second in sorted(first.iterdir()):
+                if not second.is_dir():
+                    continue
+                for blob in sorted(second.iterdir()):
+                    if _ADDRESS.fullmatch(blob.name):
+                        yield blob.name
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free

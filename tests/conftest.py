@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import pytest
+
+from tests.support import ServerThread, make_config
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A running archive server on 127.0.0.1 (random port) with its data in tmp_path."""
+    running = ServerThread(make_config(tmp_path / "data")).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def server_factory(tmp_path):
+    """Start servers with custom network/storage settings; all stopped at teardown."""
+    started = []
+
+    def start(**network):
+        running = ServerThread(make_config(tmp_path / f"data{len(started)}", **network)).start()
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()

@@ -1,0 +1,121 @@
+"""C-ECHO and C-STORE from pynetdicom over loopback, read back from the archive."""
+from __future__ import annotations
+
+import io
+
+import pydicom
+from pydicom.data import get_testdata_file
+from pynetdicom import AE, StoragePresentationContexts
+from pynetdicom.sop_class import CTImageStorage, Verification
+
+from engine.dicom.part10 import dataset_offset
+
+LOOPBACK = "127.0.0.1"
+
+
+def associate(port: int, contexts=None, ae_title="TESTSCU", called="PACS"):
+    ae = AE(ae_title=ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    if contexts is None:
+        ae.add_requested_context(Verification)
+        ae.add_requested_context(CTImageStorage)
+    else:
+        for cx in contexts:
+            ae.add_requested_context(*cx)
+    return ae.associate(LOOPBACK, port, ae_title=called)
+
+
+def stored_dataset_bytes(server, sop_instance_uid: str) -> bytes:
+    record = server.archive.reader.instance(sop_instance_uid)
+    assert record is not None, "instance not in the index"
+    with server.archive.store.open_blob(record.content_hash) as fh:
+        data = fh.read()
+    assert dataset_offset(data) == record.dataset_offset
+    return data[record.dataset_offset:]
+
+
+def original_dataset_bytes(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        data = fh.read()
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    # The dataset starts right after the file meta group of the original file.
+    meta_len = ds.file_meta.FileMetaInformationGroupLength
+    return data[132 + 12 + meta_len:]
+
+
+def test_c_echo_succeeds(server):
+    assoc = associate(server.port)
+    assert assoc.is_established
+    status = assoc.send_c_echo()
+    assoc.release()
+    assert status.Status == 0x0000
+
+
+def test_c_store_keeps_dataset_bytes_identical(server):
+    path = get_testdata_file("CT_small.dcm")
+    ds = pydicom.dcmread(path)
+    # Offer only the file's own transfer syntax, so pynetdicom sends its bytes unchanged.
+    assoc = associate(server.port, contexts=[(CTImageStorage, [ds.file_meta.TransferSyntaxUID])])
+    status = assoc.send_c_store(ds)
+    assoc.release()
+    assert status.Status == 0x0000
+    stored = stored_dataset_bytes(server, ds.SOPInstanceUID)
+    assert stored == original_dataset_bytes(path)
+
+
+def test_stored_file_is_valid_part10_with_source_ae(server):
+    path = get_testdata_file("CT_small.dcm")
+    ds = pydicom.dcmread(path)
+    assoc = associate(server.port, ae_title="MODALITY7")
+    assoc.send_c_store(ds)
+    assoc.release()
+    record = server.archive.reader.instance(ds.SOPInstanceUID)
+    stored = pydicom.dcmread(server.archive.store.path_of(record.content_hash))
+    assert stored.file_meta.SourceApplicationEntityTitle == "MODALITY7"
+    # pynetdicom proposes Implicit VR Little Endian first; the file meta records what was sent.
+    assert stored.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+    assert stored.PatientName == ds.PatientName
+
+
+def test_index_holds_hierarchy_and_counts(server):
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    assoc = associate(server.port)
+    assoc.send_c_store(ds)
+    assoc.release()
+    reader = server.archive.reader
+    study = reader.study(ds.StudyInstanceUID)
+    series = reader.series(ds.SeriesInstanceUID)
+    assert study.number_of_instances == 1 and study.number_of_series == 1
+    assert study.modalities_in_study == "CT"
+    assert series.modality == "CT" and series.number_of_instances == 1
+    patient = reader.patient(study.patient_key)
+    assert patient.patient_id == ds.PatientID
+    assert patient.patient_name == str(ds.PatientName)
+    assert reader.instances_of_series(ds.SeriesInstanceUID) == [ds.SOPInstanceUID]
+
+
+def test_identical_resend_is_idempotent(server):
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    assoc = associate(server.port)
+    first = assoc.send_c_store(ds)
+    second = assoc.send_c_store(ds)
+    assoc.release()
+    assert first.Status == second.Status == 0x0000
+    stats = server.archive.reader.stats()
+    assert stats.instances == 1 and stats.blobs == 1 and stats.conflicts == 0
+    assert sum(1 for _ in server.archive.store.iter_addresses()) == 1
+
+
+def test_different_content_same_uid_is_a_recorded_conflict(server):
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    assoc = associate(server.port)
+    assert assoc.send_c_store(ds).Status == 0x0000
+    first_hash = server.archive.reader.instance(ds.SOPInstanceUID).content_hash
+    ds.SeriesDescription = "changed after the fact"
+    status = assoc.send_c_store(ds)
+    assoc.release()
+    assert status.Status == 0xB000
+    assert server.archive.reader.instance(ds.SOPInstanceUID).content_hash == first_hash
+    conflicts = list(server.archive.reader.iter_conflicts())
+    assert [uid for uid, _ in conflicts] == [ds.SOPInstanceUID]
+    assert server.archive.store.exists(conflicts[0][1].content_hash)
