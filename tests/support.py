@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import socket
@@ -26,9 +27,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+DCMTK_TOOLS = {"storescu", "storescp", "echoscu", "findscu", "movescu", "getscu", "dcmdump"}
+
+
+@functools.lru_cache(maxsize=None)
+def find_tool(name: str) -> str | None:
+    """First `name` on PATH; for DCMTK names, the first that really is DCMTK.
+
+    pynetdicom installs Python apps with the same names (storescu, echoscu...),
+    which may shadow DCMTK's on PATH.
+    """
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        path = shutil.which(name, path=directory)
+        if path is None:
+            continue
+        if name not in DCMTK_TOOLS:
+            return path
+        probe = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+        if "dcmtk" in (probe.stdout + probe.stderr).lower():
+            return path
+    return None
+
+
 def require_tool(name: str) -> str:
     """Path of a DCMTK (or other) tool: fail under CI=true when missing, skip elsewhere."""
-    path = shutil.which(name)
+    path = find_tool(name)
     if path is None:
         message = f"{name} not found: install the Debian package 'dcmtk'"
         if os.environ.get("CI", "").lower() == "true":

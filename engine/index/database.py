@@ -61,20 +61,32 @@ class IndexDatabase:
             subdir=True, readonly=readonly, sync=True, metasync=True, lock=True,
             readahead=False, max_readers=512, create=not readonly)
         handles = {}
-        with self.env.begin(write=not readonly) as txn:
+        if readonly:
+            # Handles opened inside a read transaction die with it; let lmdb open them.
             for name in _PLAIN:
-                handles[name] = self.env.open_db(name.encode(), txn=txn, create=not readonly)
+                handles[name] = self.env.open_db(name.encode(), create=False)
             for name in _DUPSORT:
-                handles[name] = self.env.open_db(name.encode(), txn=txn, dupsort=True,
-                                                 create=not readonly)
-            version = txn.get(b"schema_version", db=handles["meta"])
-            if version is None and not readonly:
-                txn.put(b"schema_version", SCHEMA_VERSION, db=handles["meta"])
-            elif version is not None and version != SCHEMA_VERSION:
-                raise IndexSchemaError(
-                    f"index schema {version.decode()} found, this version reads "
-                    f"{SCHEMA_VERSION.decode()}")
+                handles[name] = self.env.open_db(name.encode(), dupsort=True, create=False)
+            with self.env.begin() as txn:
+                self._check_version(txn.get(b"schema_version", db=handles["meta"]))
+        else:
+            with self.env.begin(write=True) as txn:
+                for name in _PLAIN:
+                    handles[name] = self.env.open_db(name.encode(), txn=txn)
+                for name in _DUPSORT:
+                    handles[name] = self.env.open_db(name.encode(), txn=txn, dupsort=True)
+                version = txn.get(b"schema_version", db=handles["meta"])
+                if version is None:
+                    txn.put(b"schema_version", SCHEMA_VERSION, db=handles["meta"])
+                else:
+                    self._check_version(version)
         self.tables = Tables(**handles)
+
+    @staticmethod
+    def _check_version(version: bytes | None) -> None:
+        if version is not None and version != SCHEMA_VERSION:
+            raise IndexSchemaError(f"index schema {version.decode()} found, this version reads "
+                                   f"{SCHEMA_VERSION.decode()}")
 
     def close(self) -> None:
         self.env.close()

@@ -2,7 +2,8 @@
 
 Layout under the root::
 
-    objects/ab/cd/abcd…  one file per blob, named by its content hash only
+    objects/abc/abc…     one file per blob, named by its content hash only, under
+                         one of 4,096 shard directories made once at open()
     tmp/<random>.partial  blobs being received; removed at start-up
 
 A name in objects/ is derived from the hash alone (64 lowercase hex digits are
@@ -17,7 +18,6 @@ import os
 import re
 import secrets
 import shutil
-import threading
 import time
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -26,6 +26,7 @@ from engine.errors import EngineError, OutOfResources
 
 _ADDRESS = re.compile(r"[0-9a-f]{64}")
 _TEMP_SUFFIX = ".partial"
+_SHARDS = 4096  # first three hex digits of the address
 
 
 class InvalidAddress(EngineError, ValueError):
@@ -110,16 +111,25 @@ class FilesystemBlobStore:
         self.objects = self.root / "objects"
         self.tmp = self.root / "tmp"
         self.min_free_bytes = min_free_bytes
-        self._known_dirs: set[str] = set()
-        self._dir_lock = threading.Lock()
         self._free_checked_at = 0.0
         self._free_ok = True
 
     # -- lifecycle -------------------------------------------------------------
     def open(self) -> int:
-        """Create the layout and remove leftover temp blobs; returns how many were removed."""
+        """Create the layout and remove leftover temp blobs; returns how many were removed.
+
+        The shard directories are made (and made durable) here, once, so a commit
+        never has to create and fsync a new directory on the ingest path.
+        """
         for path in (self.root, self.objects, self.tmp):
             path.mkdir(parents=True, exist_ok=True)
+        existing = set(os.listdir(self.objects))
+        missing = [f"{i:03x}" for i in range(_SHARDS) if f"{i:03x}" not in existing]
+        for name in missing:
+            os.mkdir(self.objects / name)
+        if missing:
+            _fsync_dir(self.objects)
+            _fsync_dir(self.root)
         removed = 0
         for leftover in self.tmp.iterdir():
             if leftover.is_file() and leftover.name.endswith(_TEMP_SUFFIX):
@@ -158,7 +168,6 @@ class FilesystemBlobStore:
         """
         final = self.path_of(address)
         temp.fsync_and_close()
-        directory = self._ensure_dir(final.parent)
         if final.exists():
             temp.discard()
             return False
@@ -168,26 +177,13 @@ class FilesystemBlobStore:
             temp.discard()
             _raise_resources(exc, "renaming received object")
             raise
-        _fsync_dir(directory)
+        _fsync_dir(final.parent)
         return True
-
-    def _ensure_dir(self, directory: Path) -> Path:
-        key = str(directory)
-        if key in self._known_dirs:
-            return directory
-        with self._dir_lock:
-            if not directory.is_dir():
-                for level in (directory.parent, directory):
-                    if not level.is_dir():
-                        level.mkdir(exist_ok=True)
-                        _fsync_dir(level.parent)  # the new directory's own entry
-            self._known_dirs.add(key)
-        return directory
 
     # -- reading ---------------------------------------------------------------
     def path_of(self, address: str) -> Path:
         _check(address)
-        return self.objects / address[:2] / address[2:4] / address
+        return self.objects / address[:3] / address
 
     def exists(self, address: str) -> bool:
         return self.path_of(address).is_file()
@@ -219,13 +215,9 @@ class FilesystemBlobStore:
         """Every stored address (a full walk: for verification tools, not hot paths)."""
         if not self.objects.is_dir():
             return
-        for first in sorted(self.objects.iterdir()):
-            if not first.is_dir():
-                continue
-            for second in sorted(first.iterdir()):
-                if not second.is_dir():
-                    continue
-                for blob in sorted(second.iterdir()):
+        for shard in sorted(self.objects.iterdir()):
+            if shard.is_dir():
+                for blob in sorted(shard.iterdir()):
                     if _ADDRESS.fullmatch(blob.name):
                         yield blob.name
 
