@@ -63,7 +63,8 @@ def require_tool(name: str) -> str:
 def run_tool(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
     """Run a command-line tool (DCMTK sees TCP_NODELAY=1) and return its result."""
     tool = require_tool(args[0])
-    proc = subprocess.run([tool, *args[1:]], capture_output=True, text=True, env=DCMTK_ENV,
+    proc = subprocess.run([tool, *args[1:]], capture_output=True, text=True, errors="replace",
+                          env=DCMTK_ENV,
                           timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\n"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pydicom
 from pydicom.data import get_testdata_file
@@ -119,3 +120,61 @@ def test_different_content_same_uid_is_a_recorded_conflict(server):
     conflicts = list(server.archive.reader.iter_conflicts())
     assert [uid for uid, _ in conflicts] == [ds.SOPInstanceUID]
     assert server.archive.store.exists(conflicts[0][1].content_hash)
+
+
+#: pydicom test files whose dataset breaks its own transfer syntax; the archive must refuse them.
+MALFORMED_TEST_FILES = {
+    "SC_rgb_jpeg.dcm": "implicit VR elements inside an Explicit VR Little Endian dataset",
+}
+
+
+def pydicom_test_files_by_context() -> dict[tuple[str, str], list[str]]:
+    """pydicom's bundled test files that form a valid C-STORE, by (SOP class, syntax)."""
+    from collections import defaultdict
+
+    from pydicom.data import get_testdata_files
+
+    from engine.dicom.uids import STORAGE_SOP_CLASSES
+
+    groups = defaultdict(list)
+    for path in get_testdata_files():
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            key = (str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
+            ds.file_meta.FileMetaInformationGroupLength
+            uids = (ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID)
+        except Exception:
+            continue
+        if key[0] in STORAGE_SOP_CLASSES and all(uids):
+            groups[key].append(path)
+    return groups
+
+
+def test_every_pydicom_test_file_is_stored_byte_identical(server):
+    """Send each file's dataset bytes exactly as they are in the file (pynetdicom would
+    re-encode them, so the raw client sends them): the stored bytes must be identical and
+    the content address must be the hash of exactly those bytes."""
+    from engine.ingest.pipeline import content_hasher
+    from tests.rawclient import RawAssociation
+
+    groups = pydicom_test_files_by_context()
+    assert sum(map(len, groups.values())) > 90
+    raw = RawAssociation(server.port)
+    pdu_type, _ = raw.associate(list((sop, [ts]) for sop, ts in groups))
+    assert pdu_type == 0x02
+    store = server.archive.store
+    for index, ((sop, ts), files) in enumerate(groups.items()):
+        for path in files:
+            original = original_dataset_bytes(path)
+            uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            status = raw.c_store(2 * index + 1, sop, uid, original)
+            if Path(path).name in MALFORMED_TEST_FILES:
+                assert status == 0xC210, f"{path}: 0x{status:04X}"
+                continue
+            assert status in (0x0000, 0xB000), f"{path}: 0x{status:04X}"
+            hasher = content_hasher(ts)
+            hasher.update(original)
+            address = hasher.hexdigest()
+            assert store.exists(address), f"{path} not stored under its content address"
+            assert store.path_of(address).read_bytes().endswith(original)
+    raw.release()

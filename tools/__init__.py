@@ -1,0 +1,1 @@
+"""Developer tools for pacs-engine: synthetic data for tests and benchmarks."""
