@@ -109,6 +109,29 @@ class RawAssociation:
             0x0800: 0x0000, 0x1000: sop_instance}, dataset)
         return struct.unpack("<H", self.read_response()[0x0900])[0]
 
+    def c_store_stream(self, context_id: int, sop_class: str, sop_instance: str,
+                       chunks, pdv_size: int = 1 << 20) -> int:
+        """C-STORE whose dataset comes from an iterable of byte chunks (never held whole)."""
+        self.message_id += 1
+        for pdu in encode_p_data(context_id, True, encode_command({
+                0x0002: sop_class, 0x0100: 0x0001, 0x0110: self.message_id, 0x0700: 0,
+                0x0800: 0x0000, 0x1000: sop_instance}), self.peer_max_pdu):
+            self.send(pdu)
+        limit = min(pdv_size, self.peer_max_pdu - 6) if self.peer_max_pdu else pdv_size
+        pending = b""
+        for chunk in chunks:
+            pending += chunk
+            while len(pending) > limit:  # keep one fragment back: it may be the last
+                self._send_fragment(context_id, pending[:limit], last=False)
+                pending = pending[limit:]
+        self._send_fragment(context_id, pending, last=True)
+        return struct.unpack("<H", self.read_response()[0x0900])[0]
+
+    def _send_fragment(self, context_id: int, data: bytes, last: bool) -> None:
+        item_length = len(data) + 2
+        self.send(struct.pack(">BBIIBB", 0x04, 0, item_length + 4, item_length, context_id,
+                              0x02 if last else 0x00) + data)
+
     def c_echo(self, context_id: int) -> int:
         self.message_id += 1
         self.send_message(context_id, {
