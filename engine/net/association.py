@@ -16,12 +16,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Callable
 
-from pynetdicom.presentation import PresentationContext
-
 from engine.errors import DIMSEError, MalformedPDU, PDUError
 from engine.net.acse import (
-    ABORT_INVALID_PDU_PARAMETER, ABORT_UNEXPECTED_PDU, AcceptedContext, AcceptorPolicy,
-    NegotiationResult, negotiate_association)
+    ABORT_INVALID_PDU_PARAMETER, ABORT_UNEXPECTED_PDU, AcceptedContext, AssociationNegotiator,
+    NegotiationResult)
 from engine.net.dimse import MAX_COMMAND_SET_LENGTH, Command, decode_command
 from engine.net.pdu_framing import PDUFramer
 
@@ -88,11 +86,10 @@ class PeerAborted:
 class AssociationMachine:
     """Per-association protocol state; feed it bytes, act on the events it returns."""
 
-    def __init__(self, policy: AcceptorPolicy, contexts: list[PresentationContext],
-                 max_associate_rq_length: int, over_limit: Callable[[], bool]) -> None:
+    def __init__(self, negotiator: AssociationNegotiator, max_associate_rq_length: int,
+                 over_limit: Callable[[], bool]) -> None:
         self.state = State.AWAITING_ASSOCIATE_RQ
-        self._policy = policy
-        self._contexts = contexts
+        self._negotiator = negotiator
         self._over_limit = over_limit
         self._framer = PDUFramer(max_associate_rq_length)
         self.negotiation: NegotiationResult | None = None
@@ -146,11 +143,11 @@ class AssociationMachine:
         return events
 
     def _on_associate_rq(self, raw: bytes, events: list) -> None:
-        result = negotiate_association(raw, self._policy, self._contexts, self._over_limit())
+        result = self._negotiator.negotiate(raw, self._over_limit())
         self.negotiation = result
         if result.accepted:
             self.state = State.ESTABLISHED
-            self._framer.max_pdu_length = self._policy.max_pdu_length
+            self._framer.max_pdu_length = self._negotiator.policy.max_pdu_length
             events.append(SendPDU(result.response))
             events.append(Established(result))
         else:

@@ -20,7 +20,7 @@ from engine.errors import PDUError
 from engine.net import status as st
 from engine.net.acse import (
     A_ABORT_BY_USER_PDU, A_RELEASE_RP_PDU, ABORT_REASON_NOT_SPECIFIED, AcceptorPolicy,
-    provider_abort_pdu, supported_contexts)
+    AssociationNegotiator, provider_abort_pdu)
 from engine.net.association import (
     AssociationMachine, CommandReceived, DatasetFragment, Established, PeerAborted, Rejected,
     ReleaseRequested, SendPDU, State)
@@ -48,8 +48,7 @@ class AssociationProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
         self.machine = AssociationMachine(
-            listener.policy, listener.contexts, listener.limits.max_associate_rq_length,
-            self._over_limit)
+            listener.negotiator, listener.limits.max_associate_rq_length, self._over_limit)
         self._events: deque = deque()
         self._operation: StoreOperation | None = None
         self._completion: asyncio.Task | None = None
@@ -213,10 +212,9 @@ class DicomListener:
 
     def __init__(self, policy: AcceptorPolicy, limits: ListenerLimits,
                  services: ServiceProvider) -> None:
-        self.policy = policy
+        self.negotiator = AssociationNegotiator(policy)
         self.limits = limits
         self.services = services
-        self.contexts = supported_contexts()
         self.ids = itertools.count(1)
         self.associations: set[AssociationProtocol] = set()
         self._per_ip: dict[str, int] = {}
