@@ -5,6 +5,7 @@ import io
 from pathlib import Path
 
 import pydicom
+import pytest
 from pydicom.data import get_testdata_file
 from pynetdicom import AE, StoragePresentationContexts
 from pynetdicom.sop_class import CTImageStorage, Verification
@@ -178,3 +179,19 @@ def test_every_pydicom_test_file_is_stored_byte_identical(server):
             assert store.exists(address), f"{path} not stored under its content address"
             assert store.path_of(address).read_bytes().endswith(original)
     raw.release()
+
+
+@pytest.mark.parametrize("charset,name", [
+    ("ISO_IR 100", "Müller^Jürgen"),
+    ("ISO_IR 192", "山田^太郎"),
+    (["ISO 2022 IR 13", "ISO 2022 IR 87"], "ﾔﾏﾀﾞ^ﾀﾛｳ=山田^太郎=ﾔﾏﾀﾞ^ﾀﾛｳ"),  # PS3.5 H.3.1
+])
+def test_patient_names_are_indexed_in_their_character_set(server, charset, name):
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.SpecificCharacterSet = charset
+    ds.PatientName = name
+    assoc = associate(server.port, contexts=[(CTImageStorage, ["1.2.840.10008.1.2.1"])])
+    assert assoc.send_c_store(ds).Status == 0x0000
+    assoc.release()
+    study = server.archive.reader.study(ds.StudyInstanceUID)
+    assert server.archive.reader.patient(study.patient_key).patient_name == name
