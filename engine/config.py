@@ -113,6 +113,8 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected true/false, got {value!r}")
         return value
     if isinstance(default, Path):
+        if not isinstance(value, (str, Path)) or not str(value):
+            raise ConfigError(f"{where}: expected a path (string), got {value!r}")
         return Path(value)
     if isinstance(default, tuple):
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
@@ -133,23 +135,35 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
 
 def _validate(obj: Any, section: str) -> None:
     if isinstance(obj, NetworkConfig):
-        if not 1 <= len(obj.ae_title.strip()) <= 16 or "\\" in obj.ae_title:
-            raise ConfigError(f"[{section}] ae_title must be 1-16 characters without backslash")
+        if not 1 <= len(obj.ae_title.strip()) <= 16 or "\\" in obj.ae_title or \
+                not all(" " <= c <= "~" for c in obj.ae_title):
+            raise ConfigError(f"[{section}] ae_title must be 1-16 printable ASCII characters "
+                              "without backslash")
         if not 0 <= obj.port <= 65535:
             raise ConfigError(f"[{section}] port out of range: {obj.port}")
         if obj.max_pdu_length < 4096:
             raise ConfigError(f"[{section}] max_pdu_length must be at least 4096")
         if obj.loop not in {"auto", "uvloop", "asyncio"}:
             raise ConfigError(f"[{section}] loop must be auto, uvloop or asyncio")
-        for name in ("artim_timeout", "idle_timeout", "dimse_timeout"):
+        for name in ("artim_timeout", "idle_timeout", "dimse_timeout", "max_associations",
+                     "max_associations_per_ip"):
             if getattr(obj, name) <= 0:
                 raise ConfigError(f"[{section}] {name} must be positive")
+        if obj.max_associate_rq_length < 1024:
+            raise ConfigError(f"[{section}] max_associate_rq_length must be at least 1024")
     if isinstance(obj, StorageConfig):
         if obj.duplicate_policy not in _DUPLICATE_POLICIES:
             raise ConfigError(
                 f"[{section}] duplicate_policy must be one of {sorted(_DUPLICATE_POLICIES)}")
         if obj.group_commit_max < 1 or obj.io_threads < 1:
             raise ConfigError(f"[{section}] group_commit_max and io_threads must be >= 1")
+        if obj.index_map_size < 1 << 20:
+            raise ConfigError(f"[{section}] index_map_size must be at least 1 MiB")
+        if obj.min_free_bytes < 0:
+            raise ConfigError(f"[{section}] min_free_bytes must not be negative")
+    if isinstance(obj, LoggingConfig):
+        if obj.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ConfigError(f"[{section}] level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
 
 
 def config_from_mapping(raw: Mapping[str, Any]) -> Config:

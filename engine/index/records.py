@@ -53,6 +53,16 @@ class RecordView:
         self.kind = kind
         if len(buf) < self._base:
             raise RecordError("record offset table truncated")
+        # Check the offsets once, so field() never slices past the payload (a
+        # truncated or garbage record must not decode to silently shortened text).
+        previous = 0
+        for end in struct.unpack_from(f"<{count}I", buf, _HEAD.size):
+            if end < previous:
+                raise RecordError("record field offsets out of order")
+            previous = end
+        if self._base + previous != len(buf):
+            raise RecordError("record payload truncated" if self._base + previous > len(buf)
+                              else "record has bytes after its last field")
 
     def field(self, index: int) -> str:
         if index >= self._count:
@@ -83,7 +93,13 @@ class Record:
         values = {}
         for i, f in enumerate(fields(cls)):
             text = view.field(i)
-            values[f.name] = int(text or 0) if f.name in cls._INT_FIELDS else text
+            if f.name in cls._INT_FIELDS:
+                try:
+                    values[f.name] = int(text or 0)
+                except ValueError as exc:
+                    raise RecordError(f"{cls.__name__}.{f.name} is not an integer") from exc
+            else:
+                values[f.name] = text
         return cls(**values)
 
 

@@ -78,11 +78,15 @@ class IndexTransaction:
         if existing.content_hash == entry.content_hash:
             return IndexOutcome.IDENTICAL
         conflict_key = f"{entry.sop_instance_uid}\x00{entry.content_hash}"
-        if self.txn.get(_k(conflict_key), db=self.t.conflicts) is not None:
+        known_conflict = self.txn.get(_k(conflict_key), db=self.t.conflicts) is not None
+        if known_conflict and duplicate_policy != "replace":
             return IndexOutcome.CONFLICT_KEPT_FIRST  # this very conflict was recorded before
         if duplicate_policy == "reject":
             return IndexOutcome.REJECTED_DUPLICATE
         if duplicate_policy == "replace":
+            if known_conflict:  # an older copy comes back: it becomes current again
+                self.txn.delete(_k(conflict_key), db=self.t.conflicts)
+                self.add_blob_reference(entry.content_hash, entry.size, -1)
             old_key = f"{entry.sop_instance_uid}\x00{existing.content_hash}"
             self._put(self.t.conflicts, old_key, ConflictRecord(
                 existing.content_hash, existing.size, existing.dataset_offset,
@@ -174,14 +178,23 @@ class IndexTransaction:
                 rec.study_instance_uid, study))
 
     def _recount_multi(self, study_uid: str, study: StudyRecord) -> StudyRecord:
-        modalities = ""
+        """Recompute ModalitiesInStudy and SOPClassesInStudy after an instance left."""
+        modalities = sop_classes = ""
+        series_uids = []
         with self.txn.cursor(db=self.t.study_series) as cur:
             if cur.set_key(_k(study_uid)):
-                for series_uid in cur.iternext_dup():
-                    s = self._get(self.t.series, series_uid.decode(), SeriesRecord)
-                    if s is not None:
-                        modalities = _add_to_multi(modalities, s.modality)
-        return replace(study, modalities_in_study=modalities)
+                series_uids = [bytes(v).decode() for v in cur.iternext_dup()]
+        for series_uid in series_uids:
+            s = self._get(self.t.series, series_uid, SeriesRecord)
+            if s is not None:
+                modalities = _add_to_multi(modalities, s.modality)
+            with self.txn.cursor(db=self.t.series_instances) as cur:
+                if cur.set_key(_k(series_uid)):
+                    for sop_uid in cur.iternext_dup():
+                        inst = self._get(self.t.instances, bytes(sop_uid).decode(), InstanceRecord)
+                        if inst is not None:
+                            sop_classes = _add_to_multi(sop_classes, inst.sop_class_uid)
+        return replace(study, modalities_in_study=modalities, sop_classes_in_study=sop_classes)
 
 
 Resolve = Callable[[IndexOutcome | BaseException], None]

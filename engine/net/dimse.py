@@ -75,6 +75,15 @@ def decode_command(data: bytes) -> Command:
         offset += length
     if CMD_COMMAND_FIELD not in elements:
         raise DIMSEError("command set has no Command Field")
+    if CMD_DATA_SET_TYPE not in elements:
+        raise DIMSEError("command set has no Command Data Set Type")
+    group_length = elements.get(CMD_GROUP_LENGTH)
+    if group_length is not None:
+        if len(group_length) != 4:
+            raise DIMSEError("Command Group Length is not 4 bytes")
+        # Elements after the group length must fill exactly the length it declares.
+        if int.from_bytes(group_length, "little") != end - 12:
+            raise DIMSEError("command set length differs from its Command Group Length")
     return Command(elements)
 
 

@@ -160,9 +160,6 @@ def test_structured_garbage_with_a_valid_header_raises_record_error_only(count, 
         pass
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "BUG: Record.decode parses integer fields with int(); non-numeric text raises a plain "
-    "ValueError instead of RecordError (records.py, Record.decode)"))
 def test_non_numeric_integer_field_raises_record_error():
     with pytest.raises(RecordError):
         BlobRecord.decode(encode_fields(BlobRecord.KIND, ["many", "10"]))

@@ -52,6 +52,12 @@ def entry(sop: str = SOP, blob: int = 1, *, study: str = STUDY_A, series: str = 
                       calling_ae_title="MODALITY", attributes=attrs)
 
 
+async def gather(*futures, return_exceptions: bool = False) -> list:
+    """Await writer futures; a waiter the writer strands fails the test instead of hanging."""
+    return await asyncio.wait_for(
+        asyncio.gather(*futures, return_exceptions=return_exceptions), timeout=30)
+
+
 def pkey(patient: str = "PAT1") -> str:
     return patient_key({"PatientID": patient})
 
@@ -199,7 +205,7 @@ def test_instances_of_one_batch_see_each_other(open_index):
     async def run():
         futures = [index.writer.submit(entry(blob=1)), index.writer.submit(entry(blob=1))]
         index.writer.start()
-        return await asyncio.gather(*futures)
+        return await gather(*futures)
 
     assert asyncio.run(run()) == [IndexOutcome.STORED, IndexOutcome.IDENTICAL]
     assert index.writer.commits == 1
@@ -249,14 +255,25 @@ def test_keep_first_conflict_adds_a_reference_to_the_new_blob(open_index):
     assert index.reader.stats().bytes_stored == 3000
 
 
-@pytest.mark.parametrize("policy", ["keep-first", "replace"])
-def test_the_same_conflict_sent_twice_is_recorded_once(open_index, policy):
-    index = open_index(policy)
+def test_the_same_conflict_sent_twice_is_recorded_once(open_index):
+    index = open_index("keep-first")
     index.apply(entry(blob=1), entry(blob=2), entry(blob=3))
     before = index.snapshot()
     index.apply(entry(blob=2))
     assert index.snapshot() == before
     assert index.reader.stats().conflicts == 2
+
+
+def test_replace_makes_an_older_copy_current_again_when_it_is_resent(open_index):
+    index = open_index("replace")
+    index.apply(entry(blob=1), entry(blob=2), entry(blob=3))
+    assert index.writer.apply_now(entry(blob=2)) is IndexOutcome.CONFLICT_REPLACED
+    current = index.reader.instance(entry(blob=2).sop_instance_uid)
+    assert current.content_hash == entry(blob=2).content_hash
+    conflicts = {r.content_hash for _, r in index.reader.iter_conflicts()}
+    assert conflicts == {entry(blob=1).content_hash, entry(blob=3).content_hash}
+    stats = index.reader.stats()
+    assert (stats.instances, stats.conflicts, stats.blobs) == (1, 2, 3)
 
 
 def test_reject_policy_returns_rejected_duplicate_and_changes_nothing(open_index):
@@ -354,9 +371,6 @@ def test_replace_recomputes_modalities_in_study(open_index):
     assert index.reader.study(STUDY_B).modalities_in_study == "CT"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: writer._remove_from_hierarchy/_recount_multi recompute ModalitiesInStudy only; "
-    "SOPClassesInStudy of the study an instance leaves keeps the departed SOP class"))
 def test_replace_recomputes_sop_classes_in_study(open_index):
     index = open_index("replace")
     index.apply(entry("1.9.1", 1, series=SERIES_A1, sop_class=MR_IMAGE),
@@ -438,7 +452,7 @@ def test_concurrent_submits_all_resolve_and_share_commits(index):
     entries = [entry(f"1.9.{i}", i, series=f"1.2.826.0.1.1.{i % 5}") for i in range(1, 201)]
 
     async def run():
-        return await asyncio.gather(*(index.writer.submit(e) for e in entries))
+        return await gather(*(index.writer.submit(e) for e in entries))
 
     outcomes = asyncio.run(run())
     assert outcomes == [IndexOutcome.STORED] * len(entries)
@@ -454,7 +468,7 @@ def test_queued_entries_are_committed_in_groups_of_at_most_max_group(open_index)
     async def run():
         futures = [index.writer.submit(e) for e in entries]
         index.writer.start()
-        return await asyncio.gather(*futures)
+        return await gather(*futures)
 
     assert asyncio.run(run()) == [IndexOutcome.STORED] * 50
     assert index.writer.commits == math.ceil(50 / 16)
@@ -468,7 +482,7 @@ def test_stop_commits_everything_queued_before_it(open_index):
         futures = [index.writer.submit(e) for e in entries]
         index.writer.start()
         index.writer.stop()
-        return await asyncio.gather(*futures)
+        return await gather(*futures)
 
     assert asyncio.run(run()) == [IndexOutcome.STORED] * 10
     assert index.reader.stats().instances == 10
@@ -487,7 +501,7 @@ def test_map_full_fails_every_waiter_of_the_batch_with_out_of_resources(open_ind
     async def run():
         futures = [index.writer.submit(e) for e in entries]
         index.writer.start()
-        return await asyncio.gather(*futures, return_exceptions=True)
+        return await gather(*futures, return_exceptions=True)
 
     results = asyncio.run(run())
     assert all(isinstance(r, OutOfResources) for r in results), results
