@@ -26,6 +26,7 @@ from engine.errors import EngineError, OutOfResources
 
 _ADDRESS = re.compile(r"[0-9a-f]{64}")
 _TEMP_SUFFIX = ".partial"
+_EARLY_WRITEBACK = 256 * 1024
 _SHARDS = 4096  # first three hex digits of the address
 
 
@@ -62,12 +63,13 @@ class TempBlob:
     Writes go through the OS page cache; `commit()` makes them durable.
     """
 
-    __slots__ = ("path", "_fd", "size")
+    __slots__ = ("path", "_fd", "size", "_flushed")
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
         self.size = 0
+        self._flushed = 0
 
     def write(self, data) -> None:
         view = memoryview(data)
@@ -79,6 +81,11 @@ class TempBlob:
         except OSError as exc:
             _raise_resources(exc, "writing received object")
             raise
+        if self.size - self._flushed >= _EARLY_WRITEBACK:
+            # Start writeback of what we have now, so the final fsync waits for less.
+            os.posix_fadvise(self._fd, self._flushed, self.size - self._flushed,
+                             os.POSIX_FADV_DONTNEED)
+            self._flushed = self.size
 
     def fsync_and_close(self) -> None:
         if self._fd < 0:
