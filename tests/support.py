@@ -148,3 +148,17 @@ class ServerProcess:
     def terminate(self, timeout: float = 60) -> int:
         self.proc.terminate()
         return self.proc.wait(timeout)
+
+
+def run_python(code: str, no_extensions: bool | None = None) -> str:
+    """Run `code` in a fresh interpreter from the repo root and return its stdout.
+
+    `no_extensions` sets ENGINE_NO_EXTENSIONS=1 (True) or removes it (None/False),
+    so selector tests see the environment they ask for, not the caller's.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "ENGINE_NO_EXTENSIONS"}
+    if no_extensions:
+        env["ENGINE_NO_EXTENSIONS"] = "1"
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                         env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip()

@@ -11,7 +11,7 @@ from pydicom.data import get_testdata_file
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
-from tests.rawclient import RawAssociation, associate_rq_bytes
+from tests.rawclient import RawAssociation
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"

@@ -1,15 +1,12 @@
 """Nothing acknowledged is ever lost: kill -9, SIGTERM, and very large instances."""
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-import pydicom
 import pytest
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset

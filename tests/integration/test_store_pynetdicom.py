@@ -7,7 +7,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pynetdicom import AE, StoragePresentationContexts
+from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from engine.dicom.part10 import dataset_offset

@@ -10,8 +10,6 @@ import io
 import os
 import random
 import struct
-import subprocess
-import sys
 import tracemalloc
 import warnings
 import zlib
@@ -27,6 +25,7 @@ from pydicom.dataelem import RawDataElement, convert_raw_data_element
 
 from engine.dicom import _tagscan_c, _tagscan_py
 from engine.errors import TagScanError
+from tests.support import run_python
 
 REPO = Path(__file__).resolve().parents[3]
 IMPLS = [pytest.param(_tagscan_c, id="compiled"), pytest.param(_tagscan_py, id="python")]
@@ -211,17 +210,9 @@ def test_real_files_cover_all_three_encodings():
 
 # -- selector ---------------------------------------------------------------------
 def _selected(env_value):
-    env = {k: v for k, v in os.environ.items() if k != "ENGINE_NO_EXTENSIONS"}
-    if env_value is not None:
-        env["ENGINE_NO_EXTENSIONS"] = env_value
-    code = (
-        "from engine.dicom import tagscan; "
-        "print(tagscan.IMPLEMENTATION, tagscan.TagScanner.__module__)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
-    )
-    return out.stdout.split()
+    return run_python("from engine.dicom import tagscan; "
+                      "print(tagscan.IMPLEMENTATION, tagscan.TagScanner.__module__)",
+                      env_value == "1").split()
 
 
 def test_selector_uses_compiled_scanner_by_default():

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from pynetdicom.presentation import build_context
 
 from engine.errors import MalformedPDU, PDUError, PDUTooLarge
 from engine.net import _pdu_framing_c, _pdu_framing_py
+from tests.support import run_python
 
 REPO = Path(__file__).resolve().parents[3]
 IMPLEMENTATIONS = [pytest.param(_pdu_framing_c, id="compiled"),
@@ -141,15 +140,8 @@ def feed_bytewise(framer, stream: bytes) -> list:
 
 # --- selector -------------------------------------------------------------------
 def _selected(env_value: str | None) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "ENGINE_NO_EXTENSIONS"}
-    if env_value is not None:
-        env["ENGINE_NO_EXTENSIONS"] = env_value
-    out = subprocess.run(
-        [sys.executable, "-c",
-         "from engine.net import pdu_framing as m; "
-         "print(m.IMPLEMENTATION, m.PDUFramer.__module__)"],
-        cwd=REPO, env=env, capture_output=True, text=True, check=True)
-    return out.stdout.strip()
+    return run_python("from engine.net import pdu_framing as m; "
+                      "print(m.IMPLEMENTATION, m.PDUFramer.__module__)", env_value == "1")
 
 
 def test_selector_uses_compiled_twin_by_default():

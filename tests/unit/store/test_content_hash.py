@@ -1,10 +1,7 @@
 """Content hash: the pure-Python BLAKE3 twin against the blake3 package."""
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import blake3
@@ -13,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.store import _blake3_py, content_hash
+from tests.support import run_python
 
 REPO = Path(__file__).resolve().parents[3]
 EMPTY_BLAKE3 = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
@@ -38,15 +36,9 @@ def pure(data: bytes) -> bytes:
 
 # --- selector -------------------------------------------------------------------
 def _selected(env_value: str | None) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "ENGINE_NO_EXTENSIONS"}
-    if env_value is not None:
-        env["ENGINE_NO_EXTENSIONS"] = env_value
-    out = subprocess.run(
-        [sys.executable, "-c",
-         "from engine.store import content_hash as m; "
-         "print(m.IMPLEMENTATION, m.ALGORITHM, type(m.new_hasher()).__module__)"],
-        cwd=REPO, env=env, capture_output=True, text=True, check=True)
-    return out.stdout.strip()
+    return run_python("from engine.store import content_hash as m; "
+                      "print(m.IMPLEMENTATION, m.ALGORITHM, type(m.new_hasher()).__module__)",
+                      env_value == "1")
 
 
 def test_selector_uses_blake3_package_by_default():

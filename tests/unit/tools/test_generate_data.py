@@ -255,7 +255,7 @@ def test_cli_prints_one_summary_line(tmp_path, capsys):
                  "--instances", "3", "--transfer-syntax", "implicit"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     files = sorted(tmp_path.rglob("*.dcm"))
-    assert len(lines) == 1 and lines[0].startswith(f"wrote 6 files, ")
+    assert len(lines) == 1 and lines[0].startswith("wrote 6 files, ")
     assert f"{sum(p.stat().st_size for p in files)} bytes" in lines[0]
     assert pydicom.dcmread(files[0]).file_meta.TransferSyntaxUID == TRANSFER_SYNTAXES["implicit"]
 
