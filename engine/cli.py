@@ -37,7 +37,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
     logging.basicConfig(level=config.logging.level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    Server(config).run()
+    try:
+        Server(config).run()
+    except OSError as exc:
+        print(f"pacs: cannot serve on {config.network.host}:{config.network.port} with data in "
+              f"{config.storage.data_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -83,7 +83,13 @@ class Server:
                                 net.max_associate_rq_length, net.artim_timeout,
                                 net.idle_timeout, net.dimse_timeout)
         self.listener = DicomListener(policy, limits, ServiceProvider(self.archive.pipeline))
-        self.port = await self.listener.start(net.host, net.port)
+        try:
+            self.port = await self.listener.start(net.host, net.port)
+        except BaseException:
+            self.listener = None
+            self.archive.close()  # commit nothing half-open; the caller reports the error
+            self.archive = None
+            raise
         log.info("%s listening on %s:%d, data in %s", net.ae_title, net.host, self.port,
                  self.config.storage.data_dir)
 

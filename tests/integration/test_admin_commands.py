@@ -85,3 +85,16 @@ def test_verify_reports_and_removes_orphans(filled):
 def test_stats_on_a_missing_archive_is_a_clear_error(tmp_path):
     out = pacs("stats", "--data-dir", str(tmp_path / "nothing"))
     assert out.returncode == 2 and "no archive" in out.stderr
+
+
+def test_serve_on_a_port_in_use_is_a_clear_error(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = pacs("serve", "--host", "127.0.0.1", "--port", str(port),
+                   "--data-dir", str(tmp_path / "data"))
+    assert out.returncode == 2
+    assert "cannot serve on 127.0.0.1" in out.stderr and "Traceback" not in out.stderr

@@ -227,3 +227,30 @@ def test_index_map_full_fails_with_a700_never_success(server_factory):
     assert stats.instances == statuses.count(0)
     # Every acknowledged instance is in the index; nothing refused left a file behind.
     assert sum(1 for _ in server.archive.store.iter_addresses()) == stats.instances
+
+
+def test_per_ip_connection_cap_rejects_2_3_2(server_factory):
+    server = server_factory(max_associations_per_ip=2)
+    held = [connect(server), connect(server)]
+    raw = RawAssociation(server.port)
+    pdu_type, pdu = raw.associate(CONTEXTS)
+    assert pdu_type == 0x03 and tuple(pdu[7:10]) == (2, 3, 2)
+    for association in held:
+        association.release()
+        association.close()
+    time.sleep(0.2)
+    assert_still_serving(server)
+
+
+def test_dataset_that_stops_arriving_is_aborted_by_the_dimse_timeout(server_factory):
+    server = server_factory(dimse_timeout=0.5)
+    ds = ct_dataset()
+    raw = connect(server)
+    raw.send_message(3, {0x0002: CT, 0x0100: 1, 0x0110: 1, 0x0700: 0, 0x0800: 0,
+                         0x1000: ds.SOPInstanceUID}, None)
+    raw._send_fragment(3, encode(ds)[:100], last=False)  # then silence
+    started = time.monotonic()
+    assert raw.read_pdu()[0] == 0x07
+    assert time.monotonic() - started < 5
+    assert_nothing_stored(server)
+    assert_still_serving(server)
