@@ -17,7 +17,6 @@ from collections import deque
 from dataclasses import dataclass
 
 from engine.errors import PDUError
-from engine.net import status as st
 from engine.net.acse import (
     A_ABORT_BY_USER_PDU, A_RELEASE_RP_PDU, ABORT_REASON_NOT_SPECIFIED, AcceptorPolicy,
     AssociationNegotiator, provider_abort_pdu)
@@ -275,4 +274,4 @@ class DicomListener:
             await self._server.wait_closed()
 
 
-__all__ = ["DicomListener", "ListenerLimits", "AssociationProtocol", "st"]
+__all__ = ["DicomListener", "ListenerLimits", "AssociationProtocol"]
