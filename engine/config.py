@@ -66,6 +66,16 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class QueryConfig:
+    """C-FIND behaviour."""
+
+    #: A C-FIND stops after this many matches and ends with status 0xA700 saying so.
+    max_results: int = 10000
+    #: Case- and accent-insensitive PN matching (off by default, as PS3.4 says).
+    fuzzy_person_names: bool = False
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
 
@@ -76,6 +86,7 @@ class Config:
 
     network: NetworkConfig = field(default_factory=NetworkConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def with_overrides(self, **sections: Mapping[str, Any]) -> "Config":
@@ -161,6 +172,8 @@ def _validate(obj: Any, section: str) -> None:
             raise ConfigError(f"[{section}] index_map_size must be at least 1 MiB")
         if obj.min_free_bytes < 0:
             raise ConfigError(f"[{section}] min_free_bytes must not be negative")
+    if isinstance(obj, QueryConfig) and obj.max_results < 1:
+        raise ConfigError(f"[{section}] max_results must be >= 1")
     if isinstance(obj, LoggingConfig):
         if obj.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ConfigError(f"[{section}] level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")

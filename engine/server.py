@@ -19,6 +19,7 @@ from engine.ingest.pipeline import IngestPipeline
 from engine.net.acse import AcceptorPolicy
 from engine.net.listener import DicomListener, ListenerLimits
 from engine.net.services import ServiceProvider
+from engine.query.find import FindExecutor
 from engine.store.blob_store import FilesystemBlobStore
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,10 @@ class Server:
         limits = ListenerLimits(net.max_associations, net.max_associations_per_ip,
                                 net.max_associate_rq_length, net.artim_timeout,
                                 net.idle_timeout, net.dimse_timeout)
-        self.listener = DicomListener(policy, limits, ServiceProvider(self.archive.pipeline))
+        services = ServiceProvider(self.archive.pipeline,
+                                   FindExecutor(self.archive.reader, self.archive.store),
+                                   self.config.query)
+        self.listener = DicomListener(policy, limits, services)
         try:
             self.port = await self.listener.start(net.host, net.port)
         except BaseException:

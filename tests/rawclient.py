@@ -88,6 +88,13 @@ class RawAssociation:
 
     def read_response(self) -> dict:
         """Read one command set response; returns {element: raw bytes} or raises on abort."""
+        return decode_command(self._read_fragments(command=True)).elements
+
+    def read_response_dataset(self) -> bytes:
+        """Read the dataset that follows a response whose Data Set Type says one follows."""
+        return self._read_fragments(command=False)
+
+    def _read_fragments(self, command: bool) -> bytes:
         fragments = b""
         while True:
             pdu_type, pdu = self.read_pdu()
@@ -97,10 +104,12 @@ class RawAssociation:
             while offset < len(pdu):
                 length = struct.unpack(">I", pdu[offset:offset + 4])[0]
                 control = pdu[offset + 5]
+                if bool(control & 0x01) != command:
+                    raise ConnectionError("unexpected command/dataset fragment order")
                 fragments += pdu[offset + 6:offset + 4 + length]
                 offset += 4 + length
                 if control & 0x02:
-                    return decode_command(fragments).elements
+                    return fragments
 
     def c_store(self, context_id: int, sop_class: str, sop_instance: str, dataset: bytes) -> int:
         self.message_id += 1

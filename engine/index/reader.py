@@ -75,6 +75,18 @@ class IndexReader:
             for key, value in cur:
                 yield bytes(key).decode(), InstanceRecord.decode(value)
 
+    def iter_patients(self) -> Iterator[tuple[str, PatientRecord]]:
+        """All patients by patient key (one read transaction)."""
+        with self._db.env.begin(buffers=True) as txn, txn.cursor(db=self.t.patients) as cur:
+            for key, value in cur:
+                yield bytes(key).decode("utf-8", "surrogateescape"), PatientRecord.decode(value)
+
+    def iter_studies(self) -> Iterator[tuple[str, StudyRecord]]:
+        """All studies by Study Instance UID (one read transaction)."""
+        with self._db.env.begin(buffers=True) as txn, txn.cursor(db=self.t.studies) as cur:
+            for key, value in cur:
+                yield bytes(key).decode(), StudyRecord.decode(value)
+
     def iter_conflicts(self) -> Iterator[tuple[str, ConflictRecord]]:
         with self._db.env.begin(buffers=True) as txn, txn.cursor(db=self.t.conflicts) as cur:
             for key, value in cur:

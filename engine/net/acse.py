@@ -20,6 +20,7 @@ from engine.dicom.uids import (
     ACCEPTED_TRANSFER_SYNTAXES, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME,
     STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS)
 from engine.errors import MalformedPDU
+from engine.query.model import FIND_SOP_CLASSES
 
 APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"
 
@@ -59,17 +60,21 @@ def provider_abort_pdu(reason: int) -> bytes:
     return _abort_pdu(0x02, reason)
 
 
+_UNCOMPRESSED = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
+
+
 def supported_contexts(sop_classes: tuple[str, ...] = STORAGE_SOP_CLASSES,
                        transfer_syntaxes: tuple[str, ...] = ACCEPTED_TRANSFER_SYNTAXES,
                        ) -> list[PresentationContext]:
-    """The presentation contexts we accept: Verification plus every storage SOP class."""
+    """The presentation contexts we accept: Verification and the Query/Retrieve FIND
+    models (uncompressed syntaxes), and every storage SOP class (every syntax)."""
     contexts = []
-    for abstract in (VERIFICATION_SOP_CLASS, *sop_classes):
+    non_storage = (VERIFICATION_SOP_CLASS, *FIND_SOP_CLASSES)
+    for abstract in (*non_storage, *sop_classes):
         cx = PresentationContext()
         cx.abstract_syntax = UID(abstract)
         cx.transfer_syntax = [UID(ts) for ts in (
-            ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
-            if abstract == VERIFICATION_SOP_CLASS else transfer_syntaxes)]
+            _UNCOMPRESSED if abstract in non_storage else transfer_syntaxes)]
         cx.scp_role = True
         cx.scu_role = False
         contexts.append(cx)

@@ -20,6 +20,8 @@ C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 C_ECHO_RQ = 0x0030
 C_ECHO_RSP = 0x8030
+C_FIND_RQ = 0x0020
+C_FIND_RSP = 0x8020
 C_CANCEL_RQ = 0x0FFF
 
 MAX_COMMAND_SET_LENGTH = 64 * 1024
@@ -109,12 +111,12 @@ def encode_command(values: dict[int, int | str]) -> bytes:
 
 
 def encode_response(command_field: int, request: Command, status: int,
-                    error_comment: str = "") -> bytes:
-    """Response command set to `request` (C-ECHO-RSP, C-STORE-RSP) without a dataset."""
+                    error_comment: str = "", has_dataset: bool = False) -> bytes:
+    """Response command set to `request` (C-ECHO/C-STORE/C-FIND-RSP)."""
     values: dict[int, int | str] = {
         CMD_COMMAND_FIELD: command_field,
         CMD_MESSAGE_ID_BEING_RESPONDED_TO: request.message_id or 0,
-        CMD_DATA_SET_TYPE: NO_DATASET,
+        CMD_DATA_SET_TYPE: 0x0000 if has_dataset else NO_DATASET,
         CMD_STATUS: status,
     }
     sop_class = request.text(CMD_AFFECTED_SOP_CLASS_UID)
@@ -130,6 +132,6 @@ def encode_response(command_field: int, request: Command, status: int,
 
 __all__ = [
     "Command", "decode_command", "encode_command", "encode_response", "C_STORE_RQ",
-    "C_STORE_RSP", "C_ECHO_RQ", "C_ECHO_RSP", "C_CANCEL_RQ", "MAX_COMMAND_SET_LENGTH",
+    "C_STORE_RSP", "C_ECHO_RQ", "C_ECHO_RSP", "C_FIND_RQ", "C_FIND_RSP", "C_CANCEL_RQ", "MAX_COMMAND_SET_LENGTH",
     "CMD_MESSAGE_ID",
 ]

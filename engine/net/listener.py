@@ -23,11 +23,16 @@ from engine.net.acse import (
 from engine.net.association import (
     AssociationMachine, CommandReceived, DatasetFragment, Established, PeerAborted, Rejected,
     ReleaseRequested, SendPDU, State)
-from engine.net.dimse import C_ECHO_RQ, C_STORE_RQ
+from engine.dicom.tags import CMD_MESSAGE_ID_BEING_RESPONDED_TO
+from engine.net.dimse import C_CANCEL_RQ, C_ECHO_RQ, C_FIND_RQ, C_STORE_RQ
 from engine.net.pdu_framing import encode_p_data
+from engine.net.find_service import FindOperation
 from engine.net.services import ServiceProvider, StoreOperation
 
 log = logging.getLogger(__name__)
+
+#: Events a peer may queue while an operation runs before we stop reading from it.
+_MAX_QUEUED_EVENTS = 64
 
 
 @dataclass(frozen=True)
@@ -49,9 +54,11 @@ class AssociationProtocol(asyncio.Protocol):
         self.machine = AssociationMachine(
             listener.negotiator, listener.limits.max_associate_rq_length, self._over_limit)
         self._events: deque = deque()
-        self._operation: StoreOperation | None = None
+        self._operation: StoreOperation | FindOperation | None = None
         self._completion: asyncio.Task | None = None
         self._closed = False
+        self._writable = asyncio.Event()
+        self._writable.set()
         self.connected_at = time.monotonic()
         self.last_activity = self.connected_at
         self.message_started_at: float | None = None
@@ -75,19 +82,46 @@ class AssociationProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
         try:
-            self._events.extend(self.machine.receive(data))
+            events = self.machine.receive(data)
         except PDUError as exc:
             self._drain()  # act on what was valid before the bad bytes
             self.abort(getattr(exc, "reason", ABORT_REASON_NOT_SPECIFIED), str(exc))
             return
         if self._completion is None:
+            self._events.extend(events)
             self._drain()
+            return
+        self._intercept(events)
+        if len(self._events) > _MAX_QUEUED_EVENTS and self.transport is not None:
+            self.transport.pause_reading()  # a peer racing ahead of its own responses
+
+    def _intercept(self, events) -> None:
+        """While an operation that keeps reading (C-FIND) runs, a C-CANCEL for it or an
+        A-ABORT acts at once; every other event is queued for its turn."""
+        for event in events:
+            if isinstance(event, CommandReceived) and event.command.command_field == C_CANCEL_RQ:
+                operation = self._operation
+                if operation is not None and event.command.us(
+                        CMD_MESSAGE_ID_BEING_RESPONDED_TO) == operation.message_id:
+                    operation.cancel()
+            elif isinstance(event, PeerAborted):
+                log.info("%s aborted by peer", self.id)
+                if self._operation is not None:
+                    self._operation.abort()
+                self._close()
+                return
+            else:
+                self._events.append(event)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        if self._operation is not None and self._completion is None:
-            self._operation.abort()  # mid-dataset: nothing of it is kept
-            self._operation = None
+        self._writable.set()  # release a sender waiting for buffer space
+        if self._operation is not None:
+            if self._completion is None:
+                self._operation.abort()  # mid-dataset: nothing of it is kept
+                self._operation = None
+            elif self._operation.reads_while_running:
+                self._operation.abort()  # stop a running query; a store still completes
         self.listener.unregister(self)
         log.debug("%s closed", self.id)
 
@@ -138,21 +172,29 @@ class AssociationProtocol(asyncio.Protocol):
         if field == C_STORE_RQ and command.has_dataset:
             self._operation = self.listener.services.begin_store(
                 event.context, command, self._calling_ae, self.id)
+        elif field == C_FIND_RQ and command.has_dataset:
+            self._operation = self.listener.services.begin_find(event.context, command, self.id)
+        elif field == C_CANCEL_RQ:
+            pass  # nothing of that message is running any more (PS3.7 9.3.2.3)
         elif field == C_ECHO_RQ:
             self._send_command(event.context.context_id, self.listener.services.echo(command))
         else:
             self.abort(ABORT_REASON_NOT_SPECIFIED,
                        f"unsupported DIMSE command 0x{field or 0:04X}")
 
-    def _start_completion(self, operation: StoreOperation) -> None:
-        self.transport.pause_reading()
+    def _start_completion(self, operation) -> None:
+        if not operation.reads_while_running:
+            self.transport.pause_reading()
         self._completion = asyncio.get_running_loop().create_task(self._complete(operation))
+        if operation.reads_while_running and self._events:
+            # A C-CANCEL may have arrived in the same read as the request it cancels.
+            queued = list(self._events)
+            self._events.clear()
+            self._intercept(queued)
 
-    async def _complete(self, operation: StoreOperation) -> None:
+    async def _complete(self, operation) -> None:
         try:
-            response = await operation.complete()
-            if not self._closed:
-                self._send_command(operation.context_id, response)
+            await operation.run(self._send_message)
         finally:
             self._operation = None
             self._completion = None
@@ -168,6 +210,22 @@ class AssociationProtocol(asyncio.Protocol):
     def _send_command(self, context_id: int, command_set: bytes) -> None:
         for pdu in encode_p_data(context_id, True, command_set, self._peer_max_pdu):
             self._send(pdu)
+
+    async def _send_message(self, context_id: int, command_set: bytes,
+                            dataset: bytes | None) -> None:
+        """Send a DIMSE message; waits while the transport's write buffer is full."""
+        self._send_command(context_id, command_set)
+        if dataset is not None:
+            for pdu in encode_p_data(context_id, False, dataset, self._peer_max_pdu):
+                self._send(pdu)
+        if not self._writable.is_set() and not self._closed:
+            await self._writable.wait()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
 
     def _close(self) -> None:
         if self.transport is not None and not self._closed:

@@ -9,17 +9,23 @@ import logging
 
 from engine.dicom.tags import CMD_AFFECTED_SOP_CLASS_UID, CMD_AFFECTED_SOP_INSTANCE_UID
 from engine.dicom.uids import VERIFICATION_SOP_CLASS, is_valid_uid
+from engine.config import QueryConfig
 from engine.errors import EngineError
 from engine.ingest.pipeline import IngestPipeline, InstanceReceiver
 from engine.net import status as st
 from engine.net.acse import AcceptedContext
-from engine.net.dimse import C_ECHO_RQ, C_ECHO_RSP, C_STORE_RQ, C_STORE_RSP, Command, encode_response
+from engine.net.dimse import (
+    C_ECHO_RQ, C_ECHO_RSP, C_FIND_RQ, C_STORE_RQ, C_STORE_RSP, Command, encode_response)
+from engine.net.find_service import FindOperation
+from engine.query.find import FindExecutor
 
 log = logging.getLogger(__name__)
 
 
 class StoreOperation:
     """One C-STORE: feeds the dataset to ingest, or drains it when refused up front."""
+
+    reads_while_running = False  # responses in order: stop reading while committing
 
     __slots__ = ("context_id", "command", "receiver", "refusal", "assoc_id")
 
@@ -38,6 +44,12 @@ class StoreOperation:
     def abort(self) -> None:
         if self.receiver is not None:
             self.receiver.abort()
+
+    async def run(self, send) -> None:
+        await send(self.context_id, await self.complete(), None)
+
+    def cancel(self) -> None:
+        """C-CANCEL does not apply to C-STORE (PS3.7 9.3.1): ignored."""
 
     async def complete(self) -> bytes:
         """Store durably (or not) and return the C-STORE-RSP command set."""
@@ -63,8 +75,15 @@ class StoreOperation:
 class ServiceProvider:
     """Dispatches commands of an established association to the right service."""
 
-    def __init__(self, pipeline: IngestPipeline) -> None:
+    def __init__(self, pipeline: IngestPipeline, finder: FindExecutor,
+                 query_config: QueryConfig) -> None:
         self.pipeline = pipeline
+        self.finder = finder
+        self.query_config = query_config
+
+    def begin_find(self, context: AcceptedContext, command: Command,
+                   assoc_id: str) -> FindOperation:
+        return FindOperation(context, command, self.finder, self.query_config, assoc_id)
 
     def echo(self, command: Command) -> bytes:
         return encode_response(C_ECHO_RSP, command, st.SUCCESS)
@@ -91,4 +110,4 @@ class ServiceProvider:
         return StoreOperation(context.context_id, command, receiver, refusal, assoc_id)
 
 
-SUPPORTED_COMMANDS = {C_ECHO_RQ, C_STORE_RQ}
+SUPPORTED_COMMANDS = {C_ECHO_RQ, C_STORE_RQ, C_FIND_RQ}

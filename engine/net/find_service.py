@@ -1,0 +1,157 @@
+"""Query/Retrieve FIND SCP (PS3.4 C.4.1): one C-FIND request on an association.
+
+The identifier arrives in P-DATA fragments (bounded); the query then runs on a
+thread of its own (LMDB read transactions belong to one thread, and a large
+scan must not stall the event loop) and hands encoded responses to the loop
+through a small bounded window, so a slow reader of results throttles the
+query instead of filling memory.  C-CANCEL and the result cap stop it between
+two matches.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Awaitable, Callable
+
+from engine.config import QueryConfig
+from engine.errors import EngineError
+from engine.net.acse import AcceptedContext
+from engine.net.dimse import C_FIND_RSP, Command, encode_response
+from engine.query.find import (
+    FindExecutor, FindQuery, InvalidQuery, decode_identifier, encode_identifier)
+
+log = logging.getLogger(__name__)
+
+PENDING = 0xFF00
+SUCCESS = 0x0000
+CANCELLED = 0xFE00
+OUT_OF_RESOURCES = 0xA700
+UNABLE_TO_PROCESS = 0xC000
+MAX_IDENTIFIER_LENGTH = 1 << 20
+_WINDOW = 32  # encoded responses the query thread may run ahead of the socket
+
+SendMessage = Callable[[int, bytes, bytes | None], Awaitable[None]]
+
+
+class FindOperation:
+    """One C-FIND: collects the identifier, then streams matches until done or cancelled."""
+
+    reads_while_running = True  # the peer may send C-CANCEL while results stream
+
+    def __init__(self, context: AcceptedContext, command: Command, executor: FindExecutor,
+                 config: QueryConfig, assoc_id: str) -> None:
+        self.context_id = context.context_id
+        self.context = context
+        self.command = command
+        self._executor = executor
+        self._config = config
+        self.assoc_id = assoc_id
+        self._identifier = bytearray()
+        self._too_long = False
+        self._stop = threading.Event()
+        self.cancelled = False
+
+    @property
+    def message_id(self) -> int | None:
+        return self.command.message_id
+
+    @property
+    def backlogged(self) -> bool:
+        return False
+
+    def feed(self, fragment: memoryview) -> None:
+        if len(self._identifier) + len(fragment) > MAX_IDENTIFIER_LENGTH:
+            self._too_long = True
+            return
+        self._identifier += fragment
+
+    def abort(self) -> None:
+        self._stop.set()
+
+    def cancel(self) -> None:
+        """C-CANCEL-RQ for this message: stop after the current match."""
+        self.cancelled = True
+        self._stop.set()
+
+    def _final(self, status: int, comment: str = "") -> bytes:
+        return encode_response(C_FIND_RSP, self.command, status, comment)
+
+    async def run(self, send: SendMessage) -> None:
+        """Send pending responses, then the final one, through `send(context, cmd, ds)`."""
+        ts = self.context.transfer_syntax
+        if self._too_long:
+            await send(self.context_id, self._final(UNABLE_TO_PROCESS, "identifier too long"),
+                       None)
+            return
+        try:
+            query = FindQuery.from_identifier(self.context.abstract_syntax,
+                                              decode_identifier(bytes(self._identifier), ts),
+                                              self._config.fuzzy_person_names)
+        except InvalidQuery as exc:
+            log.info("%s C-FIND refused with 0x%04X: %s", self.assoc_id, exc.status, exc)
+            await send(self.context_id, self._final(exc.status, str(exc)[:64]), None)
+            return
+        loop = asyncio.get_running_loop()
+        results: asyncio.Queue = asyncio.Queue()
+        window = threading.Semaphore(_WINDOW)
+        cap = self._config.max_results
+
+        def produce() -> None:
+            outcome: tuple = ("done", None)
+            count = 0
+            try:
+                for ds in self._executor.run(query):
+                    if self._stop.is_set():
+                        break
+                    if count == cap:
+                        outcome = ("cap", None)
+                        break
+                    data = encode_identifier(ds, ts)
+                    while not window.acquire(timeout=0.5):
+                        if self._stop.is_set():
+                            break
+                    if self._stop.is_set():
+                        break
+                    loop.call_soon_threadsafe(results.put_nowait, ("match", data))
+                    count += 1
+            except EngineError as exc:
+                outcome = ("error", exc)
+            except Exception as exc:  # a bug must end the request, not hang it
+                log.exception("%s C-FIND failed", self.assoc_id)
+                outcome = ("error", exc)
+            finally:  # exactly one terminal item, whatever happened
+                try:
+                    loop.call_soon_threadsafe(results.put_nowait, outcome)
+                except RuntimeError:
+                    pass  # the event loop is gone (server stopped)
+
+        thread = threading.Thread(target=produce, name=f"find-{self.assoc_id}", daemon=True)
+        thread.start()
+        matches = 0
+        pending = encode_response(C_FIND_RSP, self.command, PENDING, has_dataset=True)
+        try:
+            while True:
+                kind, payload = await results.get()
+                if kind == "match":
+                    window.release()
+                    if self._stop.is_set():
+                        continue
+                    await send(self.context_id, pending, payload)
+                    matches += 1
+                    continue
+                if self.cancelled:
+                    final = self._final(CANCELLED)
+                elif kind == "cap":
+                    final = self._final(OUT_OF_RESOURCES,
+                                        f"more than {cap} matches; narrow the query")
+                elif kind == "error":
+                    final = self._final(UNABLE_TO_PROCESS, "query failed")
+                else:
+                    final = self._final(SUCCESS)
+                await send(self.context_id, final, None)
+                log.info("%s C-FIND %s level: %d matches%s", self.assoc_id, query.level,
+                         matches, " (cancelled)" if self.cancelled else "")
+                return
+        finally:
+            self._stop.set()
