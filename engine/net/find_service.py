@@ -92,6 +92,10 @@ class FindOperation:
             log.info("%s C-FIND refused with 0x%04X: %s", self.assoc_id, exc.status, exc)
             await send(self.context_id, self._final(exc.status, str(exc)[:64]), None)
             return
+        except Exception:  # a bug must answer the peer, not leave it waiting
+            log.exception("%s C-FIND identifier could not be processed", self.assoc_id)
+            await send(self.context_id, self._final(UNABLE_TO_PROCESS, "query failed"), None)
+            return
         loop = asyncio.get_running_loop()
         results: asyncio.Queue = asyncio.Queue()
         window = threading.Semaphore(_WINDOW)

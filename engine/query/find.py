@@ -23,7 +23,7 @@ from pydicom.filewriter import write_dataset
 from engine.dicom.uids import transfer_syntax_encoding
 from engine.errors import EngineError
 from engine.index.reader import IndexReader
-from engine.query.matching import MatchError, compile_matcher
+from engine.query.matching import MatchError, compile_date_time_range, compile_matcher
 from engine.query.model import (
     BY_KEYWORD, LEVELS, PATIENT_ROOT_FIND, STUDY_ROOT_FIND, UNIQUE_KEY, Match, level_index)
 from engine.store.blob_store import BlobNotFound, FilesystemBlobStore
@@ -41,6 +41,7 @@ IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 UNABLE_TO_PROCESS = 0xC000
 
 _SKIP = {0x00080005, 0x00080052}  # Specific Character Set, Query/Retrieve Level
+_STUDY_DATE, _STUDY_TIME = 0x00080020, 0x00080030
 
 
 def decode_identifier(data: bytes, transfer_syntax_uid: str) -> Dataset:
@@ -91,6 +92,8 @@ class FindQuery:
     model: str
     level: str
     keys: list[RequestedKey] = field(default_factory=list)
+    #: StudyDate + StudyTime ranges read as one range of instants (PS3.4 C.2.2.2.5).
+    study_instant: object = None
 
     @classmethod
     def from_identifier(cls, model: str, ds: Dataset, fuzzy_person_names: bool) -> "FindQuery":
@@ -100,8 +103,23 @@ class FindQuery:
             raise InvalidQuery(f"Query/Retrieve Level {level!r} not valid for this model",
                                IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS)
         query = cls(model, level)
+        date = ds["StudyDate"] if "StudyDate" in ds else None
+        time = ds["StudyTime"] if "StudyTime" in ds else None
+        combined = (date is not None and time is not None
+                    and "-" in _key_text(date) and "-" in _key_text(time))
+        if combined:
+            try:
+                query.study_instant = compile_date_time_range(_key_text(date), _key_text(time))
+            except MatchError as exc:
+                raise InvalidQuery(f"invalid StudyDate/StudyTime range: {exc}",
+                                   UNABLE_TO_PROCESS) from exc
         for element in ds:
             if element.tag in _SKIP or element.tag.group == 0x0002:
+                continue
+            if combined and element.keyword in ("StudyDate", "StudyTime"):
+                attr = BY_KEYWORD[element.keyword]
+                query.keys.append(RequestedKey(int(element.tag), element.keyword, attr.vr,
+                                               _key_text(element), True))
                 continue
             keyword = element.keyword or ""
             if element.VR == "SQ":
@@ -274,6 +292,8 @@ class FindExecutor:
                     ok = False
                     break
                 values[key.tag] = value
+            if ok and query.study_instant is not None:
+                ok = query.study_instant(values.get(_STUDY_DATE, ""), values.get(_STUDY_TIME, ""))
             if ok:
                 yield self._response(query, values)
 

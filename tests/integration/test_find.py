@@ -267,3 +267,11 @@ def test_findscu_series_level(archive, tmp_path):
     responses = [pydicom.dcmread(p) for p in sorted(out.iterdir())]
     assert {r.SeriesInstanceUID for r in responses} == {d.SeriesInstanceUID
                                                         for d in datasets[0]}
+
+
+def test_date_and_time_ranges_combine_into_one_range_across_midnight(archive):
+    server, _ = archive
+    # ACC003 is 20240131 23:59:59; a time range 2300-0100 only makes sense combined.
+    matches, final = find(server.port, STUDY_ROOT, study_query(
+        StudyDate="20240131-20240201", StudyTime="2300-0100", AccessionNumber=""))
+    assert final == 0x0000 and accessions(matches) == {"ACC003"}
