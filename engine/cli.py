@@ -78,6 +78,60 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_find(args: argparse.Namespace) -> int:
+    """Query the local index with the C-FIND matching rules, without a DICOM client."""
+    import json
+
+    from pydicom.dataset import Dataset
+
+    from engine.query.find import FindExecutor, FindQuery, InvalidQuery
+    from engine.query.model import PATIENT_ROOT_FIND, STUDY_ROOT_FIND
+
+    config = _config_from_args(args)
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = args.level.upper()
+    try:
+        for item in args.key:
+            keyword, _, value = item.partition("=")
+            setattr(identifier, keyword.strip(), value)
+    except (AttributeError, ValueError, TypeError) as exc:
+        print(f"pacs: invalid key {item!r}: {exc}", file=sys.stderr)
+        return 2
+    model = PATIENT_ROOT_FIND if args.model == "patient" else STUDY_ROOT_FIND
+    store, db, reader = _open_readonly(config)
+    try:
+        query = FindQuery.from_identifier(model, identifier, config.query.fuzzy_person_names)
+        rows = []
+        for ds in FindExecutor(reader, store).run(query):
+            rows.append({el.keyword or str(el.tag): _display(el.value) for el in ds
+                         if el.keyword not in ("QueryRetrieveLevel", "SpecificCharacterSet")})
+            if len(rows) >= args.limit:
+                break
+    except InvalidQuery as exc:
+        print(f"pacs: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        db.close()
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=1))
+        return 0
+    columns = list(rows[0]) if rows else [k.partition("=")[0] for k in args.key]
+    widths = {c: max([len(c)] + [len(r.get(c, "")) for r in rows]) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(row.get(c, "").ljust(widths[c]) for c in columns))
+    print(f"({len(rows)} match{'es' if len(rows) != 1 else ''})", file=sys.stderr)
+    return 0
+
+
+def _display(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pacs", description="pacs-engine DICOM archive")
     parser.add_argument("--version", action="version", version=f"pacs-engine {__version__}")
@@ -103,6 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--remove-orphans", action="store_true",
                         help="delete files no index entry references (never acknowledged)")
     verify.set_defaults(func=cmd_verify)
+
+    find = sub.add_parser("find", help="query the index with C-FIND matching rules")
+    common(find)
+    find.add_argument("-k", "--key", action="append", default=[],
+                      help="Keyword=value to match (wildcards, ranges, UID lists), or Keyword "
+                           "alone to return it; repeatable")
+    find.add_argument("--level", default="STUDY", help="PATIENT, STUDY, SERIES or IMAGE")
+    find.add_argument("--model", choices=("study", "patient"), default="study",
+                      help="Query/Retrieve information model (default: study root)")
+    find.add_argument("--limit", type=int, default=1000, help="print at most this many")
+    find.add_argument("--json", action="store_true", help="JSON instead of a table")
+    find.set_defaults(func=cmd_find)
     return parser
 
 

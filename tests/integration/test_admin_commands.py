@@ -98,3 +98,33 @@ def test_serve_on_a_port_in_use_is_a_clear_error(tmp_path):
                    "--data-dir", str(tmp_path / "data"))
     assert out.returncode == 2
     assert "cannot serve on 127.0.0.1" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_find_lists_matching_studies_as_json(filled):
+    import json
+
+    data_dir, datasets = filled
+    patient_id = datasets[0].PatientID
+    out = pacs("find", "--data-dir", str(data_dir), "-k", f"PatientID={patient_id}",
+               "-k", "StudyInstanceUID", "-k", "NumberOfStudyRelatedInstances", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert rows == [{"PatientID": patient_id, "StudyInstanceUID": datasets[0].StudyInstanceUID,
+                     "NumberOfStudyRelatedInstances": "6"}]
+
+
+def test_find_prints_a_table_at_series_level(filled):
+    data_dir, datasets = filled
+    study = datasets[0].StudyInstanceUID
+    out = pacs("find", "--data-dir", str(data_dir), "--level", "SERIES",
+               "-k", f"StudyInstanceUID={study}", "-k", "SeriesInstanceUID", "-k", "Modality")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["Modality", "StudyInstanceUID", "SeriesInstanceUID"]  # tag order
+    assert len(lines) == 3 and "(2 matches)" in out.stderr
+
+
+def test_find_with_an_invalid_query_is_a_clear_error(filled):
+    data_dir, _ = filled
+    out = pacs("find", "--data-dir", str(data_dir), "--level", "SERIES", "-k", "Modality=CT")
+    assert out.returncode == 2 and "needs StudyInstanceUID" in out.stderr
