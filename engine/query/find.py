@@ -136,7 +136,10 @@ class FindQuery:
                 raise InvalidQuery(f"invalid matching key {keyword or element.tag}: {exc}",
                                    UNABLE_TO_PROCESS) from exc
             if attr is not None and attr.level != level and key.matcher is not None:
-                query._check_ancestor_key(attr, key)
+                if level_index(query._model_level(attr.level)) > level_index(level):
+                    key.matcher = None  # below the query level: returned empty, not matched
+                else:
+                    query._check_ancestor_key(attr, key)
             query.keys.append(key)
         query._require_unique_keys_above(ds)
         unique = UNIQUE_KEY[level]
@@ -153,8 +156,6 @@ class FindQuery:
 
     def _check_ancestor_key(self, attr, key: RequestedKey) -> None:
         attr_level = self._model_level(attr.level)
-        if level_index(attr_level) > level_index(self.level):
-            return  # a key below the query level: PS3.4 allows it only as a return key
         if attr_level != self.level and attr.keyword != UNIQUE_KEY[attr_level]:
             raise InvalidQuery(f"hierarchical query: {attr.keyword} is not the unique key of "
                                f"the {attr_level} level", UNABLE_TO_PROCESS)

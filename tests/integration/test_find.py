@@ -275,3 +275,11 @@ def test_date_and_time_ranges_combine_into_one_range_across_midnight(archive):
     matches, final = find(server.port, STUDY_ROOT, study_query(
         StudyDate="20240131-20240201", StudyTime="2300-0100", AccessionNumber=""))
     assert final == 0x0000 and accessions(matches) == {"ACC003"}
+
+
+def test_key_below_the_query_level_is_not_matched(archive):
+    server, _ = archive
+    matches, final = find(server.port, STUDY_ROOT, study_query(PatientID="PAT1", Modality="CT",
+                                                                 AccessionNumber=""))
+    assert final == 0x0000 and accessions(matches) == {"ACC001", "ACC002"}
+    assert all(not m.Modality for m in matches)
