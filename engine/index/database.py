@@ -7,6 +7,9 @@ Sub-databases (keys are UTF-8):
     series            SeriesInstanceUID                    -> SeriesRecord
     instances         SOPInstanceUID                       -> InstanceRecord
     patient_studies   patient key       (dupsort)          -> StudyInstanceUID
+    studies_by_patient_id  PatientID    (dupsort)          -> StudyInstanceUID   } secondary indexes
+    studies_by_accession   AccessionNumber (dupsort)       -> StudyInstanceUID   } for the C-FIND
+    studies_by_date        StudyDate YYYYMMDD (dupsort)    -> StudyInstanceUID   } planner
     study_series      StudyInstanceUID  (dupsort)          -> SeriesInstanceUID
     series_instances  SeriesInstanceUID (dupsort)          -> SOPInstanceUID
     blobs             content hash (hex)                   -> BlobRecord
@@ -25,8 +28,9 @@ import lmdb
 
 from engine.errors import EngineError
 
-SCHEMA_VERSION = b"1"
-_DUPSORT = ("patient_studies", "study_series", "series_instances")
+SCHEMA_VERSION = b"2"
+_DUPSORT = ("patient_studies", "study_series", "series_instances", "studies_by_patient_id",
+            "studies_by_accession", "studies_by_date")
 _PLAIN = ("patients", "studies", "series", "instances", "blobs", "conflicts", "meta")
 
 
@@ -46,6 +50,9 @@ class Tables:
     patient_studies: object
     study_series: object
     series_instances: object
+    studies_by_patient_id: object
+    studies_by_accession: object
+    studies_by_date: object
 
 
 class IndexDatabase:

@@ -75,6 +75,39 @@ class IndexReader:
             for key, value in cur:
                 yield bytes(key).decode(), InstanceRecord.decode(value)
 
+    def studies_with_patient_id(self, patient_id: str) -> list[str]:
+        return self._children(self.t.studies_by_patient_id, patient_id)
+
+    def studies_with_accession_number(self, accession_number: str) -> list[str]:
+        return self._children(self.t.studies_by_accession, accession_number)
+
+    def studies_in_date_range(self, first: str, last: str) -> list[str]:
+        """Studies whose StudyDate (YYYYMMDD) is within [first, last], both inclusive."""
+        found = []
+        with self._db.env.begin(buffers=True) as txn, \
+                txn.cursor(db=self.t.studies_by_date) as cur:
+            if not cur.set_range(_k(first)):
+                return found
+            for key, value in cur:
+                if bytes(key).decode() > last:
+                    break
+                found.append(bytes(value).decode())
+        return found
+
+    def patients_with_id(self, patient_id: str) -> list[tuple[str, PatientRecord]]:
+        """Patients with this PatientID, whatever their issuer (keys are ID NUL issuer)."""
+        prefix = _k(patient_id) + b"\x00"
+        found = []
+        with self._db.env.begin(buffers=True) as txn, txn.cursor(db=self.t.patients) as cur:
+            if not cur.set_range(prefix):
+                return found
+            for key, value in cur:
+                key = bytes(key)
+                if not key.startswith(prefix):
+                    break
+                found.append((key.decode("utf-8", "surrogateescape"), PatientRecord.decode(value)))
+        return found
+
     def iter_patients(self) -> Iterator[tuple[str, PatientRecord]]:
         """All patients by patient key (one read transaction)."""
         with self._db.env.begin(buffers=True) as txn, txn.cursor(db=self.t.patients) as cur:

@@ -119,6 +119,8 @@ class IndexTransaction:
             patient = replace(patient, number_of_studies=patient.number_of_studies + 1)
             self._put(self.t.patients, pkey, patient)
             self.txn.put(_k(pkey), _k(study_uid), db=self.t.patient_studies)
+            self._index_study(study_uid, a.get("PatientID", ""), a.get("AccessionNumber", ""),
+                              a.get("StudyDate", ""), put=True)
             study = StudyRecord(
                 pkey, a.get("StudyDate", ""), a.get("StudyTime", ""),
                 a.get("AccessionNumber", ""), a.get("StudyID", ""),
@@ -146,6 +148,19 @@ class IndexTransaction:
             str(a.get("Rows", "")), str(a.get("Columns", ""))))
         self.add_blob_reference(entry.content_hash, entry.size, +1)
 
+    def _index_study(self, study_uid: str, patient_id: str, accession: str, study_date: str,
+                     put: bool) -> None:
+        """Add (or remove) a study's secondary index keys; empty values are not indexed."""
+        for table, value in ((self.t.studies_by_patient_id, patient_id),
+                             (self.t.studies_by_accession, accession),
+                             (self.t.studies_by_date, study_date)):
+            if not value or len(_k(value)) > 500:  # LMDB keys are at most 511 bytes
+                continue
+            if put:
+                self.txn.put(_k(value), _k(study_uid), db=table)
+            else:
+                self.txn.delete(_k(value), _k(study_uid), db=table)
+
     def _remove_from_hierarchy(self, sop_uid: str, rec: InstanceRecord) -> None:
         """Detach an instance from its series/study/patient, dropping emptied levels."""
         self.txn.delete(_k(rec.series_instance_uid), _k(sop_uid), db=self.t.series_instances)
@@ -164,6 +179,9 @@ class IndexTransaction:
             self._put(self.t.series, rec.series_instance_uid, series)
         if study.number_of_instances <= 0:
             self.txn.delete(_k(rec.study_instance_uid), db=self.t.studies)
+            patient_id = study.patient_key.split("\x00")[0]
+            self._index_study(rec.study_instance_uid, patient_id, study.accession_number,
+                              study.study_date, put=False)
             self.txn.delete(_k(study.patient_key), _k(rec.study_instance_uid),
                             db=self.t.patient_studies)
             patient = self._get(self.t.patients, study.patient_key, PatientRecord)

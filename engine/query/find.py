@@ -191,12 +191,48 @@ class FindExecutor:
             return None
         return [u.strip() for u in key.text.split("\\") if u.strip()]
 
+    def _exact(self, query: FindQuery, keyword: str) -> str | None:
+        """The key's value when it is one exact value (no wildcard, no list), else None."""
+        key = query.key(keyword)
+        if key is None or key.matcher is None or any(c in key.text for c in "*?\\"):
+            return None
+        return key.text.strip() or None
+
+    def _date_bounds(self, query: FindQuery) -> tuple[str, str] | None:
+        """(first, last) StudyDate of a single date or date range key, else None."""
+        key = query.key("StudyDate")
+        if key is None or not key.text.strip() or any(c in key.text for c in "*?\\"):
+            return None
+        text = key.text.replace(".", "").strip()
+        first, sep, last = text.partition("-")
+        if not sep:
+            last = first
+        first, last = first or "00000000", last or "99999999"
+        if not (len(first) == len(last) == 8 and first.isdigit() and last.isdigit()):
+            return None
+        return first, last
+
+    def _planned_study_uids(self, query: FindQuery) -> list[str] | None:
+        """Candidates from a secondary index (a superset of the matches), or None to scan.
+
+        Every candidate still goes through all matchers, so a plan only has to be
+        a superset; it picks the most selective key available.
+        """
+        patient_id = self._exact(query, "PatientID")
+        if patient_id is not None:
+            return self.reader.studies_with_patient_id(patient_id)
+        accession = self._exact(query, "AccessionNumber")
+        if accession is not None:
+            return self.reader.studies_with_accession_number(accession)
+        bounds = self._date_bounds(query)
+        if bounds is not None:
+            return self.reader.studies_in_date_range(*bounds)
+        return None
+
     def _patients(self, query: FindQuery) -> Iterator[tuple[str, object]]:
-        ids = self._uids(query, "PatientID")
-        if ids is not None and len(ids) == 1:
-            for pkey, rec in self.reader.iter_patients():
-                if rec.patient_id == ids[0]:
-                    yield pkey, rec
+        patient_id = self._exact(query, "PatientID")
+        if patient_id is not None:
+            yield from self.reader.patients_with_id(patient_id)
             return
         yield from self.reader.iter_patients()
 
@@ -211,6 +247,8 @@ class FindExecutor:
                     if study is not None:
                         yield Match(patient, study, None, None, study_uid)
             return
+        if uids is None:
+            uids = self._planned_study_uids(query)
         if uids is not None:
             pairs = ((u, self.reader.study(u)) for u in uids)
         else:

@@ -581,8 +581,8 @@ def _write_schema_version(path: Path, value: bytes) -> None:
 @pytest.mark.parametrize("readonly", [False, True], ids=["read-write", "read-only"])
 def test_schema_version_mismatch_raises_index_schema_error(tmp_path, readonly):
     IndexDatabase(tmp_path / "index", MAP_SIZE).close()
-    _write_schema_version(tmp_path / "index", b"2")
-    with pytest.raises(IndexSchemaError, match="2"):
+    _write_schema_version(tmp_path / "index", b"999")
+    with pytest.raises(IndexSchemaError, match="999"):
         IndexDatabase(tmp_path / "index", MAP_SIZE, readonly=readonly)
 
 
@@ -593,3 +593,22 @@ def test_reopening_with_the_same_schema_keeps_the_data(open_index, tmp_path):
     index.db.close()
     again = open_index()
     assert again.reader.instance(SOP).content_hash == content(1)
+
+
+def test_study_secondary_indexes_follow_the_study(open_index):
+    """PatientID, AccessionNumber and StudyDate keys are written with the study and
+    removed with it (replace moving the only instance elsewhere empties the old study)."""
+    index = open_index("replace")
+    index.apply(entry(blob=1))
+    reader = index.reader
+    assert reader.studies_with_patient_id("PAT1") == [STUDY_A]
+    assert reader.studies_with_accession_number("ACC1") == [STUDY_A]
+    assert reader.studies_in_date_range("20240102", "20240102") == [STUDY_A]
+    assert reader.studies_in_date_range("00000000", "99999999") == [STUDY_A]
+    assert reader.studies_in_date_range("20240103", "99991231") == []
+    index.apply(entry(blob=2, study="1.2.3.999", patient="OTHER", AccessionNumber="ACCX",
+                      StudyDate="20010101"))
+    assert reader.studies_with_patient_id("PAT1") == []
+    assert reader.studies_with_accession_number("ACC1") == []
+    assert reader.studies_with_patient_id("OTHER") == ["1.2.3.999"]
+    assert reader.studies_in_date_range("20010101", "20240102") == ["1.2.3.999"]
