@@ -10,7 +10,7 @@ from typing import Mapping
 
 from pydicom.charset import convert_encodings, decode_bytes
 
-from engine.dicom.tags import BY_TAG, INDEXED
+from engine.dicom.tags import INDEXED
 
 _TEXT_VRS = {"PN", "LO", "SH", "LT", "ST", "UT", "UC"}
 # Delimiters that reset ISO 2022 code extensions inside a value (PS3.5 6.1.2.5.3).
@@ -73,5 +73,3 @@ def decode_indexed(values: Mapping[int, bytes], little_endian: bool = True) -> d
             out[attr.keyword] = value
     return out
 
-
-__all__ = ["character_sets", "decode_value", "decode_indexed", "BY_TAG"]

@@ -49,26 +49,22 @@ class TransferSyntaxEncoding:
     explicit_vr: bool
     little_endian: bool
     deflated: bool
-    encapsulated: bool
 
 
 @lru_cache(maxsize=None)
 def transfer_syntax_encoding(uid: str) -> TransferSyntaxEncoding:
-    """Encoding of a transfer syntax; unknown UIDs are assumed Explicit VR LE encapsulated.
+    """Encoding of a transfer syntax's dataset bytes.
 
-    PS3.5 10: every transfer syntax except the three native ones (and deflate)
-    encodes the dataset in Explicit VR Little Endian.
+    PS3.5 10: every transfer syntax except Implicit VR LE, Explicit VR BE and
+    Deflated encodes the dataset in Explicit VR Little Endian (unknown ones too).
     """
-    ts = pydicom.uid.UID(uid)
     if uid == IMPLICIT_VR_LITTLE_ENDIAN:
-        return TransferSyntaxEncoding(uid, False, True, False, False)
+        return TransferSyntaxEncoding(uid, False, True, False)
     if uid == EXPLICIT_VR_BIG_ENDIAN:
-        return TransferSyntaxEncoding(uid, True, False, False, False)
+        return TransferSyntaxEncoding(uid, True, False, False)
     if uid == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
-        return TransferSyntaxEncoding(uid, True, True, True, False)
-    encapsulated = bool(ts.is_transfer_syntax and ts.is_compressed) if ts.is_transfer_syntax \
-        else True
-    return TransferSyntaxEncoding(uid, True, True, False, encapsulated)
+        return TransferSyntaxEncoding(uid, True, True, True)
+    return TransferSyntaxEncoding(uid, True, True, False)
 
 
 #: Every transfer syntax pydicom knows; we store datasets as received, so all are accepted.

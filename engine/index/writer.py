@@ -13,7 +13,6 @@ import logging
 import queue
 import threading
 from dataclasses import replace
-from typing import Callable
 
 import lmdb
 
@@ -213,9 +212,6 @@ class IndexTransaction:
                         if inst is not None:
                             sop_classes = _add_to_multi(sop_classes, inst.sop_class_uid)
         return replace(study, modalities_in_study=modalities, sop_classes_in_study=sop_classes)
-
-
-Resolve = Callable[[IndexOutcome | BaseException], None]
 
 
 class GroupCommitWriter:

@@ -80,11 +80,9 @@ class InstanceReceiver:
         self._dataset_offset = len(header)
         self._temp.write(header)
         self._write_error: OutOfResources | None = None
-        self.dataset_bytes = 0
 
     def feed(self, fragment: memoryview) -> None:
         """Write, hash and scan one P-DATA fragment of the dataset."""
-        self.dataset_bytes += len(fragment)
         if self._write_error is None:
             try:
                 self._temp.write(fragment)
@@ -159,7 +157,6 @@ class IngestPipeline:
         self.writer = writer
         self.reader = reader
         self._io = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="store-io")
-        self.instances_stored = 0
 
     def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str,
               calling_ae_title: str) -> InstanceReceiver:
@@ -183,7 +180,6 @@ class IngestPipeline:
         if outcome is IndexOutcome.REJECTED_DUPLICATE:
             await self._drop_if_unreferenced(created, entry.content_hash)
             raise DuplicateRejected("different content already stored under this SOP Instance UID")
-        self.instances_stored += outcome is IndexOutcome.STORED
         return StoreResult(outcome, entry.content_hash, entry.size)
 
     async def _drop_if_unreferenced(self, created: bool, address: str) -> None:

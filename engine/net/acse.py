@@ -164,14 +164,15 @@ class AssociationNegotiator:
 
 
 def negotiate_association(raw_rq: bytes, policy: AcceptorPolicy,
-                          contexts: list[PresentationContext],
-                          over_limit: bool = False) -> NegotiationResult:
-    """Decide on an A-ASSOCIATE-RQ and build the AC or RJ PDU to answer it."""
+                          contexts: list[PresentationContext]) -> NegotiationResult:
+    """Decide on an A-ASSOCIATE-RQ and build the AC or RJ PDU to answer it.
+
+    The association limit is not checked here: `AssociationNegotiator` rejects
+    over-limit requests before (and without) decoding them.
+    """
     rq = decode_associate_rq(raw_rq)
     calling = (rq.calling_ae_title or "").strip()
     called = (rq.called_ae_title or "").strip()
-    if over_limit:
-        return _reject(REJECT_LOCAL_LIMIT_EXCEEDED, calling, called)
     if str(rq.application_context_name) != APPLICATION_CONTEXT_NAME:
         return _reject(REJECT_APPLICATION_CONTEXT_NOT_SUPPORTED, calling, called)
     if policy.allowed_calling_ae_titles and calling not in policy.allowed_calling_ae_titles:

@@ -132,6 +132,6 @@ def encode_response(command_field: int, request: Command, status: int,
 
 __all__ = [
     "Command", "decode_command", "encode_command", "encode_response", "C_STORE_RQ",
-    "C_STORE_RSP", "C_ECHO_RQ", "C_ECHO_RSP", "C_FIND_RQ", "C_FIND_RSP", "C_CANCEL_RQ", "MAX_COMMAND_SET_LENGTH",
-    "CMD_MESSAGE_ID",
+    "C_STORE_RSP", "C_ECHO_RQ", "C_ECHO_RSP", "C_FIND_RQ", "C_FIND_RSP", "C_CANCEL_RQ",
+    "MAX_COMMAND_SET_LENGTH",
 ]

@@ -56,10 +56,6 @@ class FindOperation:
     def message_id(self) -> int | None:
         return self.command.message_id
 
-    @property
-    def backlogged(self) -> bool:
-        return False
-
     def feed(self, fragment: memoryview) -> None:
         if len(self._identifier) + len(fragment) > MAX_IDENTIFIER_LENGTH:
             self._too_long = True

@@ -15,7 +15,7 @@ from engine.ingest.pipeline import IngestPipeline, InstanceReceiver
 from engine.net import status as st
 from engine.net.acse import AcceptedContext
 from engine.net.dimse import (
-    C_ECHO_RQ, C_ECHO_RSP, C_FIND_RQ, C_STORE_RQ, C_STORE_RSP, Command, encode_response)
+    C_ECHO_RSP, C_STORE_RSP, Command, encode_response)
 from engine.net.find_service import FindOperation
 from engine.query.find import FindExecutor
 
@@ -109,5 +109,3 @@ class ServiceProvider:
             log.warning("%s C-STORE refused with 0x%04X: %s", assoc_id, *refusal)
         return StoreOperation(context.context_id, command, receiver, refusal, assoc_id)
 
-
-SUPPORTED_COMMANDS = {C_ECHO_RQ, C_STORE_RQ, C_FIND_RQ}

@@ -17,7 +17,6 @@ import errno
 import os
 import re
 import secrets
-import shutil
 import time
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -227,6 +226,3 @@ class FilesystemBlobStore:
                 for blob in sorted(shard.iterdir()):
                     if _ADDRESS.fullmatch(blob.name):
                         yield blob.name
-
-    def free_bytes(self) -> int:
-        return shutil.disk_usage(self.root).free
