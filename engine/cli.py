@@ -84,7 +84,7 @@ def cmd_find(args: argparse.Namespace) -> int:
 
     from pydicom.dataset import Dataset
 
-    from engine.query.find import FindExecutor, FindQuery, InvalidQuery
+    from engine.query.find import FindExecutor, FindQuery, InvalidQuery, element_text
     from engine.query.model import PATIENT_ROOT_FIND, STUDY_ROOT_FIND
 
     config = _config_from_args(args)
@@ -103,7 +103,7 @@ def cmd_find(args: argparse.Namespace) -> int:
         query = FindQuery.from_identifier(model, identifier, config.query.fuzzy_person_names)
         rows = []
         for ds in FindExecutor(reader, store).run(query):
-            rows.append({el.keyword or str(el.tag): _display(el.value) for el in ds
+            rows.append({el.keyword or str(el.tag): element_text(el) for el in ds
                          if el.keyword not in ("QueryRetrieveLevel", "SpecificCharacterSet")})
             if len(rows) >= args.limit:
                 break
@@ -122,14 +122,6 @@ def cmd_find(args: argparse.Namespace) -> int:
         print("  ".join(row.get(c, "").ljust(widths[c]) for c in columns))
     print(f"({len(rows)} match{'es' if len(rows) != 1 else ''})", file=sys.stderr)
     return 0
-
-
-def _display(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value)
-    return str(value)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ from typing import Awaitable, Callable
 
 from engine.config import QueryConfig
 from engine.errors import EngineError
+from engine.net import status as st
 from engine.net.acse import AcceptedContext
 from engine.net.dimse import C_FIND_RSP, Command, encode_response
 from engine.query.find import (
@@ -23,11 +24,6 @@ from engine.query.find import (
 
 log = logging.getLogger(__name__)
 
-PENDING = 0xFF00
-SUCCESS = 0x0000
-CANCELLED = 0xFE00
-OUT_OF_RESOURCES = 0xA700
-UNABLE_TO_PROCESS = 0xC000
 MAX_IDENTIFIER_LENGTH = 1 << 20
 _WINDOW = 32  # encoded responses the query thread may run ahead of the socket
 
@@ -77,20 +73,21 @@ class FindOperation:
         """Send pending responses, then the final one, through `send(context, cmd, ds)`."""
         ts = self.context.transfer_syntax
         if self._too_long:
-            await send(self.context_id, self._final(UNABLE_TO_PROCESS, "identifier too long"),
+            await send(self.context_id, self._final(st.FAILURE_UNABLE_TO_PROCESS,
+                                                    "identifier too long"),
                        None)
             return
         try:
             query = FindQuery.from_identifier(self.context.abstract_syntax,
                                               decode_identifier(bytes(self._identifier), ts),
                                               self._config.fuzzy_person_names)
-        except InvalidQuery as exc:
-            log.info("%s C-FIND refused with 0x%04X: %s", self.assoc_id, exc.status, exc)
-            await send(self.context_id, self._final(exc.status, str(exc)[:64]), None)
-            return
-        except Exception:  # a bug must answer the peer, not leave it waiting
-            log.exception("%s C-FIND identifier could not be processed", self.assoc_id)
-            await send(self.context_id, self._final(UNABLE_TO_PROCESS, "query failed"), None)
+        except Exception as exc:  # InvalidQuery, or a bug: answer the peer either way
+            status, comment = st.status_for_query_error(exc)
+            if isinstance(exc, InvalidQuery):
+                log.info("%s C-FIND refused with 0x%04X: %s", self.assoc_id, status, exc)
+            else:
+                log.exception("%s C-FIND identifier could not be processed", self.assoc_id)
+            await send(self.context_id, self._final(status, comment), None)
             return
         loop = asyncio.get_running_loop()
         results: asyncio.Queue = asyncio.Queue()
@@ -129,7 +126,7 @@ class FindOperation:
         thread = threading.Thread(target=produce, name=f"find-{self.assoc_id}", daemon=True)
         thread.start()
         matches = 0
-        pending = encode_response(C_FIND_RSP, self.command, PENDING, has_dataset=True)
+        pending = encode_response(C_FIND_RSP, self.command, st.PENDING, has_dataset=True)
         try:
             while True:
                 kind, payload = await results.get()
@@ -141,14 +138,14 @@ class FindOperation:
                     matches += 1
                     continue
                 if self.cancelled:
-                    final = self._final(CANCELLED)
+                    final = self._final(st.CANCEL)
                 elif kind == "cap":
-                    final = self._final(OUT_OF_RESOURCES,
+                    final = self._final(st.FAILURE_OUT_OF_RESOURCES,
                                         f"more than {cap} matches; narrow the query")
                 elif kind == "error":
-                    final = self._final(UNABLE_TO_PROCESS, "query failed")
+                    final = self._final(*st.status_for_query_error(payload))
                 else:
-                    final = self._final(SUCCESS)
+                    final = self._final(st.SUCCESS)
                 await send(self.context_id, final, None)
                 log.info("%s C-FIND %s level: %d matches%s", self.assoc_id, query.level,
                          matches, " (cancelled)" if self.cancelled else "")

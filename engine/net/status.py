@@ -8,6 +8,7 @@ from __future__ import annotations
 from engine.errors import (
     DatasetMismatch, DuplicateRejected, InvalidUID, OutOfResources, TagScanError)
 from engine.index.entry import IndexOutcome
+from engine.query.find import InvalidQuery, LevelNotInModel
 
 SUCCESS = 0x0000
 #: Warning used for a different object under an existing SOP Instance UID: the
@@ -26,6 +27,12 @@ FAILURE_CANNOT_UNDERSTAND = 0xC210
 FAILURE_INVALID_UID = 0xC211
 #: An unexpected internal error; logged with a traceback.
 FAILURE_PROCESSING = 0x0110
+
+# C-FIND (PS3.4 C.4.1.1.4)
+PENDING = 0xFF00
+CANCEL = 0xFE00
+#: Failure: Unable to process (bad key, missing unique key, identifier too long...).
+FAILURE_UNABLE_TO_PROCESS = 0xC000
 
 _ERROR_STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (OutOfResources, FAILURE_OUT_OF_RESOURCES),
@@ -53,6 +60,15 @@ def status_for_error(exc: BaseException) -> tuple[int, str]:
         if isinstance(exc, cls):
             return status, str(exc)[:64]
     return FAILURE_PROCESSING, "internal error while storing"
+
+
+def status_for_query_error(exc: BaseException) -> tuple[int, str]:
+    """Final C-FIND status and Error Comment for a query that cannot be answered."""
+    if isinstance(exc, LevelNotInModel):
+        return FAILURE_DATASET_DOES_NOT_MATCH_SOP_CLASS, str(exc)[:64]  # Identifier ≠ SOP class
+    if isinstance(exc, InvalidQuery):
+        return FAILURE_UNABLE_TO_PROCESS, str(exc)[:64]
+    return FAILURE_UNABLE_TO_PROCESS, "query failed"
 
 
 def status_for_outcome(outcome: IndexOutcome) -> tuple[int, str]:

@@ -30,15 +30,11 @@ from engine.store.blob_store import BlobNotFound, FilesystemBlobStore
 
 
 class InvalidQuery(EngineError):
-    """The identifier cannot be answered as asked; `status` is the C-FIND failure to send."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
+    """The identifier cannot be answered as asked (bad key, missing unique key...)."""
 
 
-IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-UNABLE_TO_PROCESS = 0xC000
+class LevelNotInModel(InvalidQuery):
+    """The Query/Retrieve Level is not one of the information model's levels."""
 
 _SKIP = {0x00080005, 0x00080052}  # Specific Character Set, Query/Retrieve Level
 _STUDY_DATE, _STUDY_TIME = 0x00080020, 0x00080030
@@ -52,8 +48,7 @@ def decode_identifier(data: bytes, transfer_syntax_uid: str) -> Dataset:
         for element in ds:  # force decoding now so errors surface here
             element.value
     except Exception as exc:
-        raise InvalidQuery(f"identifier not decodable: {type(exc).__name__}",
-                           UNABLE_TO_PROCESS) from exc
+        raise InvalidQuery(f"identifier not decodable: {type(exc).__name__}") from exc
     return ds
 
 
@@ -66,7 +61,8 @@ def encode_identifier(ds: Dataset, transfer_syntax_uid: str) -> bytes:
     return buf.getvalue()
 
 
-def _key_text(element) -> str:
+def element_text(element) -> str:
+    """An element's value as text, multiple values joined by backslash (as on the wire)."""
     value = element.value
     if value is None:
         return ""
@@ -100,41 +96,38 @@ class FindQuery:
         level = str(ds.get("QueryRetrieveLevel", "")).strip().upper()
         allowed = LEVELS if model == PATIENT_ROOT_FIND else LEVELS[1:]
         if level not in allowed:
-            raise InvalidQuery(f"Query/Retrieve Level {level!r} not valid for this model",
-                               IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS)
+            raise LevelNotInModel(f"Query/Retrieve Level {level!r} not valid for this model")
         query = cls(model, level)
         date = ds["StudyDate"] if "StudyDate" in ds else None
         time = ds["StudyTime"] if "StudyTime" in ds else None
         combined = (date is not None and time is not None
-                    and "-" in _key_text(date) and "-" in _key_text(time))
+                    and "-" in element_text(date) and "-" in element_text(time))
         if combined:
             try:
-                query.study_instant = compile_date_time_range(_key_text(date), _key_text(time))
+                query.study_instant = compile_date_time_range(element_text(date), element_text(time))
             except MatchError as exc:
-                raise InvalidQuery(f"invalid StudyDate/StudyTime range: {exc}",
-                                   UNABLE_TO_PROCESS) from exc
+                raise InvalidQuery(f"invalid StudyDate/StudyTime range: {exc}") from exc
         for element in ds:
             if element.tag in _SKIP or element.tag.group == 0x0002:
                 continue
             if combined and element.keyword in ("StudyDate", "StudyTime"):
                 attr = BY_KEYWORD[element.keyword]
                 query.keys.append(RequestedKey(int(element.tag), element.keyword, attr.vr,
-                                               _key_text(element), True))
+                                               element_text(element), True))
                 continue
             keyword = element.keyword or ""
             if element.VR == "SQ":
                 # Sequence matching is not supported yet: returned empty, never matched.
                 query.keys.append(RequestedKey(int(element.tag), keyword, "SQ", "", False))
                 continue
-            text = _key_text(element)
+            text = element_text(element)
             attr = BY_KEYWORD.get(keyword)
             key = RequestedKey(int(element.tag), keyword, element.VR, text, attr is not None)
             try:
                 key.matcher = compile_matcher(attr.vr if attr else element.VR, text,
                                               fuzzy_person_names=fuzzy_person_names)
             except MatchError as exc:
-                raise InvalidQuery(f"invalid matching key {keyword or element.tag}: {exc}",
-                                   UNABLE_TO_PROCESS) from exc
+                raise InvalidQuery(f"invalid matching key {keyword or element.tag}: {exc}") from exc
             if attr is not None and attr.level != level and key.matcher is not None:
                 if level_index(query._model_level(attr.level)) > level_index(level):
                     key.matcher = None  # below the query level: returned empty, not matched
@@ -158,15 +151,14 @@ class FindQuery:
         attr_level = self._model_level(attr.level)
         if attr_level != self.level and attr.keyword != UNIQUE_KEY[attr_level]:
             raise InvalidQuery(f"hierarchical query: {attr.keyword} is not the unique key of "
-                               f"the {attr_level} level", UNABLE_TO_PROCESS)
+                               f"the {attr_level} level")
 
     def _require_unique_keys_above(self, ds: Dataset) -> None:
         first = 0 if self.model == PATIENT_ROOT_FIND else 1
         for level in LEVELS[first:level_index(self.level)]:
             keyword = UNIQUE_KEY[level]
             if not str(ds.get(keyword, "") or "").strip():
-                raise InvalidQuery(f"hierarchical query at {self.level} level needs {keyword}",
-                                   UNABLE_TO_PROCESS)
+                raise InvalidQuery(f"hierarchical query at {self.level} level needs {keyword}")
 
     def key(self, keyword: str) -> RequestedKey | None:
         for key in self.keys:
@@ -326,7 +318,7 @@ class FindExecutor:
                     if not file_loaded:
                         file_ds, file_loaded = self._representative_file(match), True
                     element = file_ds.get(key.tag) if file_ds is not None else None
-                    value = _key_text(element) if element is not None else ""
+                    value = element_text(element) if element is not None else ""
                 if key.matcher is not None and not key.matcher(value):
                     ok = False
                     break
@@ -370,5 +362,5 @@ def _typed(vr: str, text: str):
     return text
 
 
-__all__ = ["FindQuery", "FindExecutor", "InvalidQuery", "decode_identifier",
-           "encode_identifier", "PATIENT_ROOT_FIND", "STUDY_ROOT_FIND"]
+__all__ = ["FindQuery", "FindExecutor", "InvalidQuery", "LevelNotInModel", "decode_identifier",
+           "element_text", "encode_identifier"]
