@@ -1,8 +1,14 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import settings
 
 from tests.support import ServerThread, make_config
+
+# Property tests check behaviour, never speed (benchmarks/ measures speed): no
+# per-example deadline, which would fail at random on a loaded 2-core CI machine.
+settings.register_profile("pacs", deadline=None)
+settings.load_profile("pacs")
 
 
 @pytest.fixture
