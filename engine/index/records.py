@@ -39,7 +39,7 @@ def encode_fields(kind: int, values: list[str]) -> bytes:
 class RecordView:
     """Lazy view of one record inside a buffer (bytes or an LMDB memoryview)."""
 
-    __slots__ = ("_buf", "_count", "_base", "kind")
+    __slots__ = ("_buf", "_ends", "_base", "kind")
 
     def __init__(self, buf: bytes | memoryview) -> None:
         if len(buf) < _HEAD.size:
@@ -48,15 +48,15 @@ class RecordView:
         if version != LAYOUT_VERSION:
             raise RecordError(f"record layout {version} is not readable by layout {LAYOUT_VERSION}")
         self._buf = buf
-        self._count = count
         self._base = _HEAD.size + 4 * count
         self.kind = kind
         if len(buf) < self._base:
             raise RecordError("record offset table truncated")
         # Check the offsets once, so field() never slices past the payload (a
         # truncated or garbage record must not decode to silently shortened text).
+        self._ends = struct.unpack_from(f"<{count}I", buf, _HEAD.size)
         previous = 0
-        for end in struct.unpack_from(f"<{count}I", buf, _HEAD.size):
+        for end in self._ends:
             if end < previous:
                 raise RecordError("record field offsets out of order")
             previous = end
@@ -65,11 +65,12 @@ class RecordView:
                               else "record has bytes after its last field")
 
     def field(self, index: int) -> str:
-        if index >= self._count:
+        ends = self._ends
+        if index >= len(ends):
             return ""
-        end = struct.unpack_from("<I", self._buf, _HEAD.size + 4 * index)[0]
-        start = struct.unpack_from("<I", self._buf, _HEAD.size + 4 * (index - 1))[0] if index else 0
-        return bytes(self._buf[self._base + start:self._base + end]).decode("utf-8", "surrogateescape")
+        start = ends[index - 1] if index else 0
+        return bytes(self._buf[self._base + start:self._base + ends[index]]).decode(
+            "utf-8", "surrogateescape")
 
 
 R = TypeVar("R", bound="Record")
@@ -83,7 +84,16 @@ class Record:
     _INT_FIELDS: ClassVar[frozenset[str]] = frozenset()
 
     def encode(self) -> bytes:
-        return encode_fields(self.KIND, [str(getattr(self, f.name)) for f in fields(self)])
+        return encode_fields(self.KIND, [str(getattr(self, name)) for name, _ in self._layout()])
+
+    @classmethod
+    def _layout(cls) -> tuple[tuple[str, bool], ...]:
+        """(field name, is integer) in stored order, computed once per class."""
+        layout = cls.__dict__.get("_LAYOUT")
+        if layout is None:
+            layout = tuple((f.name, f.name in cls._INT_FIELDS) for f in fields(cls))
+            cls._LAYOUT = layout
+        return layout
 
     @classmethod
     def decode(cls: type[R], buf: bytes | memoryview) -> R:
@@ -91,15 +101,15 @@ class Record:
         if view.kind != cls.KIND:
             raise RecordError(f"expected record kind {cls.KIND}, found {view.kind}")
         values = {}
-        for i, f in enumerate(fields(cls)):
+        for i, (name, is_int) in enumerate(cls._layout()):
             text = view.field(i)
-            if f.name in cls._INT_FIELDS:
+            if is_int:
                 try:
-                    values[f.name] = int(text or 0)
+                    values[name] = int(text or 0)
                 except ValueError as exc:
-                    raise RecordError(f"{cls.__name__}.{f.name} is not an integer") from exc
+                    raise RecordError(f"{cls.__name__}.{name} is not an integer") from exc
             else:
-                values[f.name] = text
+                values[name] = text
         return cls(**values)
 
 

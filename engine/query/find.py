@@ -25,7 +25,8 @@ from engine.errors import EngineError
 from engine.index.reader import IndexReader
 from engine.query.matching import MatchError, compile_date_time_range, compile_matcher
 from engine.query.model import (
-    BY_KEYWORD, LEVELS, PATIENT_ROOT_FIND, STUDY_ROOT_FIND, UNIQUE_KEY, Match, level_index)
+    BY_KEYWORD, LEVELS, PATIENT_ROOT_FIND, STUDY_ROOT_FIND, UNIQUE_KEY, Match, QueryAttribute,
+    level_index)
 from engine.store.blob_store import BlobNotFound, FilesystemBlobStore
 
 
@@ -81,6 +82,8 @@ class RequestedKey:
     text: str
     indexed: bool
     matcher: object = None  # compiled matcher or None (universal)
+    #: Where an indexed attribute comes from (engine.query.model), None otherwise.
+    attr: QueryAttribute | None = None
 
 
 @dataclass
@@ -90,6 +93,8 @@ class FindQuery:
     keys: list[RequestedKey] = field(default_factory=list)
     #: StudyDate + StudyTime ranges read as one range of instants (PS3.4 C.2.2.2.5).
     study_instant: object = None
+    #: Whether any key reads the patient record (else it is not fetched per candidate).
+    needs_patient: bool = True
 
     @classmethod
     def from_identifier(cls, model: str, ds: Dataset, fuzzy_person_names: bool) -> "FindQuery":
@@ -113,7 +118,7 @@ class FindQuery:
             if combined and element.keyword in ("StudyDate", "StudyTime"):
                 attr = BY_KEYWORD[element.keyword]
                 query.keys.append(RequestedKey(int(element.tag), element.keyword, attr.vr,
-                                               element_text(element), True))
+                                               element_text(element), True, attr=attr))
                 continue
             keyword = element.keyword or ""
             if element.VR == "SQ":
@@ -122,7 +127,8 @@ class FindQuery:
                 continue
             text = element_text(element)
             attr = BY_KEYWORD.get(keyword)
-            key = RequestedKey(int(element.tag), keyword, element.VR, text, attr is not None)
+            key = RequestedKey(int(element.tag), keyword, element.VR, text, attr is not None,
+                               attr=attr)
             try:
                 key.matcher = compile_matcher(attr.vr if attr else element.VR, text,
                                               fuzzy_person_names=fuzzy_person_names)
@@ -138,7 +144,10 @@ class FindQuery:
         unique = UNIQUE_KEY[level]
         if query.key(unique) is None:  # always return the level's unique key
             attr = BY_KEYWORD[unique]
-            query.keys.append(RequestedKey(tag_for_keyword(unique), unique, attr.vr, "", True))
+            query.keys.append(RequestedKey(tag_for_keyword(unique), unique, attr.vr, "", True,
+                                           attr=attr))
+        query.needs_patient = level == "PATIENT" or any(
+            k.attr is not None and k.attr.level == "PATIENT" for k in query.keys)
         return query
 
     def _model_level(self, attr_level: str) -> str:
@@ -175,20 +184,18 @@ class FindExecutor:
         self.store = store
 
     # -- candidates ----------------------------------------------------------------
-    def _uids(self, query: FindQuery, keyword: str) -> list[str] | None:
+    def _values(self, query: FindQuery, keyword: str) -> list[str] | None:
+        """The exact values a key asks for (one, or a backslash list), or None when
+        it is absent, universal or a wildcard: the input of direct lookups and plans."""
         key = query.key(keyword)
-        if key is None or key.matcher is None:
+        if key is None or key.matcher is None or "*" in key.text or "?" in key.text:
             return None
-        if "*" in key.text or "?" in key.text:
-            return None
-        return [u.strip() for u in key.text.split("\\") if u.strip()]
+        return [v.strip() for v in key.text.split("\\") if v.strip()] or None
 
     def _exact(self, query: FindQuery, keyword: str) -> str | None:
-        """The key's value when it is one exact value (no wildcard, no list), else None."""
-        key = query.key(keyword)
-        if key is None or key.matcher is None or any(c in key.text for c in "*?\\"):
-            return None
-        return key.text.strip() or None
+        """The key's value when it is one exact value, else None."""
+        values = self._values(query, keyword)
+        return values[0] if values is not None and len(values) == 1 else None
 
     def _date_bounds(self, query: FindQuery) -> tuple[str, str] | None:
         """(first, last) StudyDate of a single date or date range key, else None."""
@@ -229,7 +236,7 @@ class FindExecutor:
         yield from self.reader.iter_patients()
 
     def _studies(self, query: FindQuery) -> Iterator[Match]:
-        uids = self._uids(query, "StudyInstanceUID")
+        uids = self._values(query, "StudyInstanceUID")
         if query.model == PATIENT_ROOT_FIND:
             for pkey, patient in self._patients(query):
                 for study_uid in self.reader.studies_of_patient(pkey):
@@ -247,10 +254,11 @@ class FindExecutor:
             pairs = self.reader.iter_studies()
         for study_uid, study in pairs:
             if study is not None:
-                yield Match(self.reader.patient(study.patient_key), study, None, None, study_uid)
+                patient = self.reader.patient(study.patient_key) if query.needs_patient else None
+                yield Match(patient, study, None, None, study_uid)
 
     def _series(self, query: FindQuery) -> Iterator[Match]:
-        wanted = self._uids(query, "SeriesInstanceUID")
+        wanted = self._values(query, "SeriesInstanceUID")
         for parent in self._studies(query):
             for series_uid in self.reader.series_of_study(parent.study_uid):
                 if wanted is not None and series_uid not in wanted:
@@ -261,7 +269,7 @@ class FindExecutor:
                                 series_uid)
 
     def _instances(self, query: FindQuery) -> Iterator[Match]:
-        wanted = self._uids(query, "SOPInstanceUID")
+        wanted = self._values(query, "SOPInstanceUID")
         for parent in self._series(query):
             for sop_uid in self.reader.instances_of_series(parent.series_uid):
                 if wanted is not None and sop_uid not in wanted:
@@ -308,7 +316,7 @@ class FindExecutor:
             ok = True
             for key in query.keys:
                 if key.indexed:
-                    attr = BY_KEYWORD[key.keyword]
+                    attr = key.attr
                     record = _RECORD_OF_LEVEL[attr.level](match)
                     # Below the query level (or a study without patient record): empty.
                     value = attr.read(match) if record is not None else ""
