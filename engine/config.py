@@ -76,6 +76,38 @@ class QueryConfig:
 
 
 @dataclass(frozen=True)
+class RetrieveConfig:
+    """C-MOVE destinations and the associations we open to send instances."""
+
+    #: Known AE titles → "host:port": C-MOVE destinations, storage-commitment report targets.
+    destinations: Mapping[str, str] = field(default_factory=dict)
+    #: Seconds to connect and to get an answer to A-ASSOCIATE-RQ / A-RELEASE-RQ.
+    connect_timeout: float = 10.0
+    #: Seconds a peer may take to answer one C-STORE sub-operation (or report).
+    response_timeout: float = 60.0
+
+    def destination(self, ae_title: str) -> tuple[str, int] | None:
+        """(host, port) of a known AE title, or None."""
+        address = self.destinations.get(ae_title.strip())
+        if address is None:
+            return None
+        host, _, port = address.rpartition(":")
+        return host, int(port)
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """Worker processes that decode and encode pixel data (transcoding, compression)."""
+
+    #: Worker processes; 0 means one per CPU core.
+    workers: int = 0
+    #: Seconds one instance may take; a worker over it is killed (corrupt streams can hang).
+    task_timeout: float = 120.0
+    #: Address-space limit of a worker in bytes (0 = none).
+    memory_limit: int = 8 << 30
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
 
@@ -87,6 +119,8 @@ class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
+    retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def with_overrides(self, **sections: Mapping[str, Any]) -> "Config":
@@ -139,6 +173,11 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
         if not isinstance(value, int) or isinstance(value, bool):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
+    if isinstance(default, Mapping):
+        if not isinstance(value, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise ConfigError(f"{where}: expected a table of strings, got {value!r}")
+        return dict(value)
     if isinstance(default, str) and not isinstance(value, str):
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     return value
@@ -172,6 +211,20 @@ def _validate(obj: Any, section: str) -> None:
             raise ConfigError(f"[{section}] index_map_size must be at least 1 MiB")
         if obj.min_free_bytes < 0:
             raise ConfigError(f"[{section}] min_free_bytes must not be negative")
+    if isinstance(obj, RetrieveConfig):
+        for ae_title, address in obj.destinations.items():
+            host, sep, port = address.rpartition(":")
+            if not 1 <= len(ae_title.strip()) <= 16 or "\\" in ae_title:
+                raise ConfigError(f"[{section}] destinations: bad AE title {ae_title!r}")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"[{section}] destinations.{ae_title} must be \"host:port\", "
+                                  f"got {address!r}")
+        if obj.connect_timeout <= 0 or obj.response_timeout <= 0:
+            raise ConfigError(f"[{section}] timeouts must be positive")
+    if isinstance(obj, CodecConfig):
+        if obj.workers < 0 or obj.task_timeout <= 0 or obj.memory_limit < 0:
+            raise ConfigError(f"[{section}] workers and memory_limit must be >= 0, "
+                              "task_timeout positive")
     if isinstance(obj, QueryConfig) and obj.max_results < 1:
         raise ConfigError(f"[{section}] max_results must be >= 1")
     if isinstance(obj, LoggingConfig):

@@ -50,3 +50,13 @@ class OutOfResources(EngineError):
 
 class DuplicateRejected(EngineError):
     """Different content arrived for an existing SOP Instance UID and policy rejects it."""
+
+
+# --- transcoding --------------------------------------------------------------
+class TranscodeError(EngineError):
+    """A stored instance cannot be re-encoded in the requested transfer syntax.
+
+    The pixel data cannot be decoded (missing plugin, corrupt or truncated
+    codestream) or encoded, or the stored dataset cannot be parsed.  The stored
+    file is untouched; only this sub-operation fails.
+    """

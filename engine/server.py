@@ -11,15 +11,18 @@ import logging
 import signal
 from dataclasses import dataclass
 
+from engine.codec.workers import CodecWorkers
 from engine.config import Config
 from engine.index.database import IndexDatabase
 from engine.index.reader import IndexReader
 from engine.index.writer import GroupCommitWriter
 from engine.ingest.pipeline import IngestPipeline
 from engine.net.acse import AcceptorPolicy
+from engine.net.commitment_service import CommitmentReporter
 from engine.net.listener import DicomListener, ListenerLimits
 from engine.net.services import ServiceProvider
 from engine.query.find import FindExecutor
+from engine.query.retrieve import RetrieveResolver
 from engine.store.blob_store import FilesystemBlobStore
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,7 @@ class Server:
         self.config = config
         self.archive: Archive | None = None
         self.listener: DicomListener | None = None
+        self.codec: CodecWorkers | None = None
         self.port: int | None = None
         self._stop = asyncio.Event()
 
@@ -82,10 +86,17 @@ class Server:
                                 net.require_called_ae_title)
         limits = ListenerLimits(net.max_associations, net.max_associations_per_ip,
                                 net.max_associate_rq_length, net.artim_timeout,
-                                net.idle_timeout, net.dimse_timeout)
-        services = ServiceProvider(self.archive.pipeline,
-                                   FindExecutor(self.archive.reader, self.archive.store),
-                                   self.config.query)
+                                net.idle_timeout, net.dimse_timeout,
+                                self.config.retrieve.response_timeout)
+        archive = self.archive
+        codec = self.config.codec
+        self.codec = CodecWorkers(codec.workers, codec.task_timeout, codec.memory_limit)
+        reporter = CommitmentReporter(archive.store, archive.reader, self.config.retrieve,
+                                      net.ae_title, net.max_pdu_length)
+        services = ServiceProvider(
+            archive.pipeline, FindExecutor(archive.reader, archive.store), self.config.query,
+            RetrieveResolver(archive.reader, archive.store), self.config.retrieve, self.codec,
+            net.ae_title, net.max_pdu_length, reporter)
         self.listener = DicomListener(policy, limits, services)
         try:
             self.port = await self.listener.start(net.host, net.port)
@@ -117,6 +128,10 @@ class Server:
         log.info("stopping: no new associations, finishing in-flight stores")
         if self.listener is not None:
             await self.listener.stop()
+            await self.listener.services.reporter.drain(self.config.retrieve.connect_timeout +
+                                                        self.config.retrieve.response_timeout)
+        if self.codec is not None:
+            self.codec.close()
         if self.archive is not None:
             self.archive.close()
         log.info("stopped")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import Config, NetworkConfig, QueryConfig, StorageConfig
+from engine.config import (
+    CodecConfig, Config, NetworkConfig, QueryConfig, RetrieveConfig, StorageConfig)
 from engine.server import Server, event_loop_factory
 
 LOOPBACK = "127.0.0.1"
@@ -75,9 +76,12 @@ def run_tool(*args: str, timeout: float = 120, check: bool = True) -> subprocess
 def make_config(data_dir: Path, **network) -> Config:
     storage = {"index_map_size": 1 << 30, "min_free_bytes": 0, **network.pop("storage", {})}
     query = network.pop("query", {})
+    retrieve = network.pop("retrieve", {})
+    codec = network.pop("codec", {})
     return Config(network=NetworkConfig(host=LOOPBACK, port=0, **network),
                   storage=StorageConfig(data_dir=data_dir, **storage),
-                  query=QueryConfig(**query))
+                  query=QueryConfig(**query), retrieve=RetrieveConfig(**retrieve),
+                  codec=CodecConfig(**codec))
 
 
 class ServerThread:

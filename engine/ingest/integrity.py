@@ -1,12 +1,14 @@
-"""`pacs verify`: re-hash every stored object against the index.
+"""Integrity of stored objects: `pacs verify`, and the storage-commitment check.
 
-Finds index entries whose file is missing or whose content no longer matches
-its address, and orphans (files no index entry references: left by a crash
-between rename and index commit, never acknowledged, safe to remove).
+`verify_archive` finds index entries whose file is missing or whose content no
+longer matches its address, and orphans (files no index entry references: left
+by a crash between rename and index commit, never acknowledged, safe to
+remove).  `commitment_failure` answers one storage-commitment reference.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Callable
 
 from engine.index.reader import IndexReader
@@ -68,3 +70,33 @@ def verify_archive(store: FilesystemBlobStore, reader: IndexReader, remove_orpha
                 store.remove(address)
                 report.orphans_removed += 1
     return report
+
+
+class CommitmentFailure(IntEnum):
+    """Failure Reason (0008,1197) values of PS3.4 J.3.2.1.2 / C.4.1.1.4 we report."""
+
+    PROCESSING_FAILURE = 0x0110  # the stored copy is missing or corrupted
+    NO_SUCH_OBJECT_INSTANCE = 0x0112
+    CLASS_INSTANCE_CONFLICT = 0x0119
+
+
+def commitment_failure(store: FilesystemBlobStore, reader: IndexReader, sop_class_uid: str,
+                       sop_instance_uid: str) -> CommitmentFailure | None:
+    """None when the instance is indexed and its file re-hashes to its address.
+
+    A modality deletes its copy on our word, so "committed" requires reading
+    every byte back, not just finding an index entry.
+    """
+    record = reader.instance(sop_instance_uid)
+    if record is None:
+        return CommitmentFailure.NO_SUCH_OBJECT_INSTANCE
+    if record.sop_class_uid != sop_class_uid:
+        return CommitmentFailure.CLASS_INSTANCE_CONFLICT
+    try:
+        actual = rehash(store, record.content_hash, record.transfer_syntax_uid,
+                        record.dataset_offset)
+    except (BlobNotFound, OSError):
+        return CommitmentFailure.PROCESSING_FAILURE
+    if actual != record.content_hash:
+        return CommitmentFailure.PROCESSING_FAILURE
+    return None

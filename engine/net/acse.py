@@ -18,9 +18,9 @@ from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 from engine.dicom.uids import (
     ACCEPTED_TRANSFER_SYNTAXES, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME,
-    STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS)
+    STORAGE_COMMITMENT_SOP_CLASS, STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS)
 from engine.errors import MalformedPDU
-from engine.query.model import FIND_SOP_CLASSES
+from engine.query.model import FIND_SOP_CLASSES, GET_SOP_CLASSES, MOVE_SOP_CLASSES
 
 APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"
 
@@ -66,17 +66,21 @@ _UNCOMPRESSED = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.
 def supported_contexts(sop_classes: tuple[str, ...] = STORAGE_SOP_CLASSES,
                        transfer_syntaxes: tuple[str, ...] = ACCEPTED_TRANSFER_SYNTAXES,
                        ) -> list[PresentationContext]:
-    """The presentation contexts we accept: Verification and the Query/Retrieve FIND
-    models (uncompressed syntaxes), and every storage SOP class (every syntax)."""
+    """The presentation contexts we accept: Verification, Storage Commitment and the
+    Query/Retrieve models (uncompressed syntaxes), and every storage SOP class (every
+    syntax).  On storage contexts we may also take the SCU role, which a C-GET
+    requestor asks for by role selection to receive its instances on the same
+    association."""
     contexts = []
-    non_storage = (VERIFICATION_SOP_CLASS, *FIND_SOP_CLASSES)
+    non_storage = (VERIFICATION_SOP_CLASS, STORAGE_COMMITMENT_SOP_CLASS, *FIND_SOP_CLASSES,
+                   *MOVE_SOP_CLASSES, *GET_SOP_CLASSES)
     for abstract in (*non_storage, *sop_classes):
         cx = PresentationContext()
         cx.abstract_syntax = UID(abstract)
         cx.transfer_syntax = [UID(ts) for ts in (
             _UNCOMPRESSED if abstract in non_storage else transfer_syntaxes)]
         cx.scp_role = True
-        cx.scu_role = False
+        cx.scu_role = abstract not in non_storage
         contexts.append(cx)
     return contexts
 
@@ -96,6 +100,11 @@ class AcceptedContext:
     context_id: int
     abstract_syntax: str
     transfer_syntax: str
+    #: Whether we may send requests of this SOP class on it (C-GET's C-STORE sub-operations,
+    #: storage-commitment reports), as negotiated by SCP/SCU role selection.
+    as_scu: bool = False
+    #: Whether the peer may send us requests of this SOP class on it.
+    as_scp: bool = True
 
 
 @dataclass(frozen=True)
@@ -211,7 +220,8 @@ def negotiate_association(raw_rq: bytes, policy: AcceptorPolicy,
 
     accepted = {
         cx.context_id: AcceptedContext(cx.context_id, str(cx.abstract_syntax),
-                                       str(cx.transfer_syntax[0]))
+                                       str(cx.transfer_syntax[0]), bool(cx.as_scu),
+                                       bool(cx.as_scp))
         for cx in results if cx.result == 0x00
     }
     return NegotiationResult(pdu.encode(), True, calling, called, peer_max, accepted)

@@ -22,7 +22,18 @@ C_ECHO_RQ = 0x0030
 C_ECHO_RSP = 0x8030
 C_FIND_RQ = 0x0020
 C_FIND_RSP = 0x8020
+C_GET_RQ = 0x0010
+C_GET_RSP = 0x8010
+C_MOVE_RQ = 0x0021
+C_MOVE_RSP = 0x8021
 C_CANCEL_RQ = 0x0FFF
+N_EVENT_REPORT_RQ = 0x0100
+N_EVENT_REPORT_RSP = 0x8100
+N_ACTION_RQ = 0x0130
+N_ACTION_RSP = 0x8130
+
+#: Command Field bit set in every response (PS3.7 E.1).
+RESPONSE_BIT = 0x8000
 
 MAX_COMMAND_SET_LENGTH = 64 * 1024
 
@@ -58,6 +69,14 @@ class Command:
     @property
     def has_dataset(self) -> bool:
         return self.us(CMD_DATA_SET_TYPE) != NO_DATASET
+
+    @property
+    def is_response(self) -> bool:
+        return bool((self.command_field or 0) & RESPONSE_BIT)
+
+    @property
+    def status(self) -> int | None:
+        return self.us(CMD_STATUS)
 
 
 def decode_command(data: bytes) -> Command:
@@ -111,8 +130,9 @@ def encode_command(values: dict[int, int | str]) -> bytes:
 
 
 def encode_response(command_field: int, request: Command, status: int,
-                    error_comment: str = "", has_dataset: bool = False) -> bytes:
-    """Response command set to `request` (C-ECHO/C-STORE/C-FIND-RSP)."""
+                    error_comment: str = "", has_dataset: bool = False,
+                    extra: dict[int, int | str] | None = None) -> bytes:
+    """Response command set to `request`; `extra` adds elements (sub-operation counts...)."""
     values: dict[int, int | str] = {
         CMD_COMMAND_FIELD: command_field,
         CMD_MESSAGE_ID_BEING_RESPONDED_TO: request.message_id or 0,
@@ -127,11 +147,14 @@ def encode_response(command_field: int, request: Command, status: int,
         values[CMD_AFFECTED_SOP_INSTANCE_UID] = sop_instance
     if error_comment and status != 0:
         values[CMD_ERROR_COMMENT] = error_comment[:64]
+    if extra:
+        values.update(extra)
     return encode_command(values)
 
 
 __all__ = [
     "Command", "decode_command", "encode_command", "encode_response", "C_STORE_RQ",
     "C_STORE_RSP", "C_ECHO_RQ", "C_ECHO_RSP", "C_FIND_RQ", "C_FIND_RSP", "C_CANCEL_RQ",
-    "MAX_COMMAND_SET_LENGTH",
+    "C_GET_RQ", "C_GET_RSP", "C_MOVE_RQ", "C_MOVE_RSP", "N_ACTION_RQ", "N_ACTION_RSP",
+    "N_EVENT_REPORT_RQ", "N_EVENT_REPORT_RSP", "MAX_COMMAND_SET_LENGTH",
 ]

@@ -24,9 +24,11 @@ from engine.net.association import (
     AssociationMachine, CommandReceived, DatasetFragment, Established, PeerAborted, Rejected,
     ReleaseRequested, SendPDU, State)
 from engine.dicom.tags import CMD_MESSAGE_ID_BEING_RESPONDED_TO
-from engine.net.dimse import C_CANCEL_RQ, C_ECHO_RQ, C_FIND_RQ, C_STORE_RQ
+from engine.net.dimse import (
+    C_CANCEL_RQ, C_ECHO_RQ, C_FIND_RQ, C_GET_RQ, C_MOVE_RQ, C_STORE_RQ, N_ACTION_RQ, Command)
+from engine.net.outbound import PeerGone, StoredDataset, send_message
 from engine.net.pdu_framing import encode_p_data
-from engine.net.find_service import FindOperation
+from engine.net.requestor import AssociationFailed
 from engine.net.services import ServiceProvider, StoreOperation
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ class ListenerLimits:
     artim_timeout: float
     idle_timeout: float
     dimse_timeout: float
+    #: Seconds the peer may take to answer a request we send (C-GET sub-operations).
+    response_timeout: float = 60.0
 
 
 class AssociationProtocol(asyncio.Protocol):
@@ -54,7 +58,7 @@ class AssociationProtocol(asyncio.Protocol):
         self.machine = AssociationMachine(
             listener.negotiator, listener.limits.max_associate_rq_length, self._over_limit)
         self._events: deque = deque()
-        self._operation: StoreOperation | FindOperation | None = None
+        self._operation = None  # the running StoreOperation, FindOperation, GetOperation...
         self._completion: asyncio.Task | None = None
         self._closed = False
         self._writable = asyncio.Event()
@@ -64,6 +68,10 @@ class AssociationProtocol(asyncio.Protocol):
         self.message_started_at: float | None = None
         self._calling_ae = ""
         self._peer_max_pdu = 0
+        #: Our outstanding request on this association (C-GET sub-operation) and its answer.
+        self._response: asyncio.Future | None = None
+        self._skipping_response_dataset = False
+        self._next_message_id = 1
 
     # -- asyncio callbacks ------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -99,7 +107,12 @@ class AssociationProtocol(asyncio.Protocol):
         """While an operation that keeps reading (C-FIND) runs, a C-CANCEL for it or an
         A-ABORT acts at once; every other event is queued for its turn."""
         for event in events:
-            if isinstance(event, CommandReceived) and event.command.command_field == C_CANCEL_RQ:
+            if isinstance(event, CommandReceived) and event.command.is_response:
+                self._on_response(event.command)
+            elif isinstance(event, DatasetFragment) and self._skipping_response_dataset:
+                self._skipping_response_dataset = not event.last
+            elif isinstance(event, CommandReceived) and \
+                    event.command.command_field == C_CANCEL_RQ:
                 operation = self._operation
                 if operation is not None and event.command.us(
                         CMD_MESSAGE_ID_BEING_RESPONDED_TO) == operation.message_id:
@@ -111,11 +124,15 @@ class AssociationProtocol(asyncio.Protocol):
                 self._close()
                 return
             else:
+                if isinstance(event, ReleaseRequested):
+                    # A peer releasing will not answer a request of ours: stop waiting.
+                    self._fail_response(AssociationFailed("peer requested release"))
                 self._events.append(event)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._writable.set()  # release a sender waiting for buffer space
+        self._fail_response(AssociationFailed("connection closed"))
         if self._operation is not None:
             if self._completion is None:
                 self._operation.abort()  # mid-dataset: nothing of it is kept
@@ -134,7 +151,9 @@ class AssociationProtocol(asyncio.Protocol):
         events = self._events
         while events and self._completion is None and not self._closed:
             event = events.popleft()
-            if isinstance(event, DatasetFragment):
+            if isinstance(event, DatasetFragment) and self._skipping_response_dataset:
+                self._skipping_response_dataset = not event.last
+            elif isinstance(event, DatasetFragment):
                 operation = self._operation
                 if operation is not None:
                     operation.feed(event.data)
@@ -168,12 +187,26 @@ class AssociationProtocol(asyncio.Protocol):
     def _on_command(self, event: CommandReceived) -> None:
         command = event.command
         field = command.command_field
+        if command.is_response:
+            self._on_response(command)
+            return
         self.message_started_at = time.monotonic() if command.has_dataset else None
+        services = self.listener.services
         if field == C_STORE_RQ and command.has_dataset:
-            self._operation = self.listener.services.begin_store(
-                event.context, command, self._calling_ae, self.id)
+            self._operation = services.begin_store(event.context, command, self._calling_ae,
+                                                   self.id)
         elif field == C_FIND_RQ and command.has_dataset:
-            self._operation = self.listener.services.begin_find(event.context, command, self.id)
+            self._operation = services.begin_find(event.context, command, self.id)
+        elif field == C_MOVE_RQ and command.has_dataset:
+            self._operation = services.begin_move(event.context, command, self._calling_ae,
+                                                  self.id)
+        elif field == C_GET_RQ and command.has_dataset:
+            self._operation = services.begin_get(event.context, command, self, self.id)
+        elif field == N_ACTION_RQ:
+            self._operation = services.begin_commitment(event.context, command, self,
+                                                        self._calling_ae, self.id)
+            if not command.has_dataset:  # no Action Information: answered with a failure
+                self._start_completion(self._operation)
         elif field == C_CANCEL_RQ:
             pass  # nothing of that message is running any more (PS3.7 9.3.2.3)
         elif field == C_ECHO_RQ:
@@ -221,6 +254,72 @@ class AssociationProtocol(asyncio.Protocol):
         if not self._writable.is_set() and not self._closed:
             await self._writable.wait()
 
+    # -- requests we send on this association (C-GET: we are the storage SCU) ---------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def write_buffers(self, buffers: list) -> None:
+        if not self._closed and self.transport is not None:
+            self.transport.writelines(buffers)
+
+    async def wait_writable(self) -> None:
+        if not self._writable.is_set() and not self._closed:
+            await self._writable.wait()
+
+    @property
+    def accepts_reports(self) -> bool:
+        """Whether a request of ours may still go out: open, and no release queued."""
+        return (not self._closed and self.machine.state is State.ESTABLISHED
+                and not any(isinstance(e, ReleaseRequested) for e in self._events))
+
+    def accepted_syntaxes(self, sop_class_uid: str) -> dict[str, int]:
+        """Transfer syntax → context id of contexts on which the peer let us be SCU."""
+        found: dict[str, int] = {}
+        negotiation = self.machine.negotiation
+        for cx in (negotiation.contexts.values() if negotiation is not None else ()):
+            if cx.abstract_syntax == sop_class_uid and cx.as_scu:
+                found.setdefault(cx.transfer_syntax, cx.context_id)
+        return found
+
+    def next_message_id(self) -> int:
+        message_id = self._next_message_id
+        self._next_message_id = message_id % 0xFFFF + 1
+        return message_id
+
+    async def request(self, context_id: int, command_set: bytes,
+                      dataset: bytes | StoredDataset | None) -> tuple[Command, bytes | None]:
+        """Send a request to the peer and wait for its response (one at a time)."""
+        if self._closed:
+            raise AssociationFailed("association closed")
+        self._response = asyncio.get_running_loop().create_future()
+        try:
+            await send_message(self, context_id, command_set, dataset, self._peer_max_pdu)
+        except PeerGone as exc:
+            raise AssociationFailed(str(exc)) from exc
+        except OSError as exc:  # half a message is out: the association cannot go on
+            self.abort(ABORT_REASON_NOT_SPECIFIED, f"stored file unreadable mid-send: {exc}")
+            raise AssociationFailed("stored file unreadable mid-send") from exc
+        try:
+            return await asyncio.wait_for(self._response, self.listener.limits.response_timeout)
+        except asyncio.TimeoutError:
+            self.abort(ABORT_REASON_NOT_SPECIFIED, "peer did not answer our request in time")
+            raise AssociationFailed("no response within the timeout") from None
+        finally:
+            self._response = None
+
+    def _on_response(self, command: Command) -> None:
+        self._skipping_response_dataset = command.has_dataset  # an optional reply dataset
+        if self._response is not None and not self._response.done():
+            self._response.set_result((command, None))
+        else:
+            log.info("%s ignoring an unexpected response (0x%04X)", self.id,
+                     command.command_field or 0)
+
+    def _fail_response(self, exc: Exception) -> None:
+        if self._response is not None and not self._response.done():
+            self._response.set_exception(exc)
+
     def pause_writing(self) -> None:
         self._writable.clear()
 
@@ -242,6 +341,7 @@ class AssociationProtocol(asyncio.Protocol):
             self.transport.write(provider_abort_pdu(reason))
             self.transport.close()
         self._closed = True
+        self._fail_response(AssociationFailed(f"aborted: {why}"))
 
     def check_deadlines(self, now: float) -> None:
         limits = self.listener.limits

@@ -1,4 +1,4 @@
-"""DIMSE service providers: Verification (C-ECHO) and Storage (C-STORE) SCP.
+"""DIMSE service providers: the dispatch point, and Verification / Storage SCP.
 
 A service turns a received command into either an immediate response, or an
 operation that consumes the dataset fragments and answers after `complete()`.
@@ -9,15 +9,20 @@ import logging
 
 from engine.dicom.tags import CMD_AFFECTED_SOP_CLASS_UID, CMD_AFFECTED_SOP_INSTANCE_UID
 from engine.dicom.uids import VERIFICATION_SOP_CLASS, is_valid_uid
-from engine.config import QueryConfig
+from engine.codec.workers import CodecWorkers
+from engine.config import QueryConfig, RetrieveConfig
 from engine.errors import EngineError
 from engine.ingest.pipeline import IngestPipeline, InstanceReceiver
 from engine.net import status as st
 from engine.net.acse import AcceptedContext
 from engine.net.dimse import (
     C_ECHO_RSP, C_STORE_RSP, Command, encode_response)
+from engine.net.commitment_service import (
+    CommitmentOperation, CommitmentReporter, ReportChannel)
 from engine.net.find_service import FindOperation
+from engine.net.retrieve_service import GetOperation, MoveOperation, StoreChannel
 from engine.query.find import FindExecutor
+from engine.query.retrieve import RetrieveResolver
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +81,38 @@ class ServiceProvider:
     """Dispatches commands of an established association to the right service."""
 
     def __init__(self, pipeline: IngestPipeline, finder: FindExecutor,
-                 query_config: QueryConfig) -> None:
+                 query_config: QueryConfig, resolver: RetrieveResolver,
+                 retrieve_config: RetrieveConfig, codec: CodecWorkers, ae_title: str,
+                 max_pdu_length: int, reporter: CommitmentReporter) -> None:
         self.pipeline = pipeline
         self.finder = finder
         self.query_config = query_config
+        self.resolver = resolver
+        self.retrieve_config = retrieve_config
+        self.codec = codec
+        self.ae_title = ae_title
+        self.max_pdu_length = max_pdu_length
+        self.reporter = reporter
 
     def begin_find(self, context: AcceptedContext, command: Command,
                    assoc_id: str) -> FindOperation:
         return FindOperation(context, command, self.finder, self.query_config, assoc_id)
+
+    def begin_move(self, context: AcceptedContext, command: Command, calling_ae_title: str,
+                   assoc_id: str) -> MoveOperation:
+        return MoveOperation(context, command, self.resolver, self.retrieve_config, self.codec,
+                             self.ae_title, calling_ae_title, self.max_pdu_length, assoc_id)
+
+    def begin_get(self, context: AcceptedContext, command: Command, channel: StoreChannel,
+                  assoc_id: str) -> GetOperation:
+        return GetOperation(context, command, self.resolver, self.retrieve_config, self.codec,
+                            channel, assoc_id)
+
+    def begin_commitment(self, context: AcceptedContext, command: Command,
+                         channel: ReportChannel, calling_ae_title: str,
+                         assoc_id: str) -> CommitmentOperation:
+        return CommitmentOperation(context, command, self.reporter, channel, calling_ae_title,
+                                   assoc_id)
 
     def echo(self, command: Command) -> bytes:
         return encode_response(C_ECHO_RSP, command, st.SUCCESS)

@@ -34,6 +34,21 @@ CANCEL = 0xFE00
 #: Failure: Unable to process (bad key, missing unique key, identifier too long...).
 FAILURE_UNABLE_TO_PROCESS = 0xC000
 
+# C-MOVE / C-GET (PS3.4 C.4.2.1.5, C.4.3.1.4)
+#: Refused: out of resources, unable to perform sub-operations (all failed, or no
+#: association with the destination).
+FAILURE_UNABLE_TO_PERFORM_SUBOPERATIONS = 0xA702
+FAILURE_MOVE_DESTINATION_UNKNOWN = 0xA801
+#: Warning: sub-operations complete, one or more failures or warnings.
+WARNING_SUBOPERATIONS = 0xB000
+
+# N-ACTION (PS3.7 10.1.4.1.10, PS3.4 J.3.2.1.1)
+FAILURE_INVALID_ARGUMENT_VALUE = 0x0115
+FAILURE_INVALID_OBJECT_INSTANCE = 0x0117
+FAILURE_NO_SUCH_SOP_CLASS = 0x0118
+FAILURE_NO_SUCH_ACTION = 0x0123
+FAILURE_RESOURCE_LIMITATION = 0x0213
+
 _ERROR_STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (OutOfResources, FAILURE_OUT_OF_RESOURCES),
     (DuplicateRejected, FAILURE_DUPLICATE_SOP_INSTANCE),
