@@ -108,6 +108,26 @@ class CodecConfig:
 
 
 @dataclass(frozen=True)
+class CompressionConfig:
+    """The background stage that stores uncompressed images as JPEG 2000 Lossless."""
+
+    enabled: bool = False
+    #: Only instances of these modalities / SOP classes (empty: every image).
+    modalities: tuple[str, ...] = ()
+    sop_classes: tuple[str, ...] = ()
+    #: Instances smaller than this many bytes stay as they are.
+    min_size: int = 64 * 1024
+    #: Seconds after receipt before an instance is compressed.
+    delay: float = 0.0
+    #: Local time window "HH:MM-HH:MM" in which the stage runs (may wrap midnight; "" = always).
+    window: str = ""
+    #: Instances waiting in the durable queue at most (the sweep refills it as it drains).
+    queue_limit: int = 10000
+    #: Seconds between sweeps of the index for new candidates once it found none.
+    sweep_interval: float = 30.0
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
 
@@ -121,6 +141,7 @@ class Config:
     query: QueryConfig = field(default_factory=QueryConfig)
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def with_overrides(self, **sections: Mapping[str, Any]) -> "Config":
@@ -225,11 +246,32 @@ def _validate(obj: Any, section: str) -> None:
         if obj.workers < 0 or obj.task_timeout <= 0 or obj.memory_limit < 0:
             raise ConfigError(f"[{section}] workers and memory_limit must be >= 0, "
                               "task_timeout positive")
+    if isinstance(obj, CompressionConfig):
+        if obj.min_size < 0 or obj.delay < 0 or obj.queue_limit < 1 or obj.sweep_interval <= 0:
+            raise ConfigError(f"[{section}] min_size and delay must be >= 0, queue_limit >= 1, "
+                              "sweep_interval positive")
+        if obj.window and parse_window(obj.window) is None:
+            raise ConfigError(f"[{section}] window must look like \"22:00-06:00\"")
     if isinstance(obj, QueryConfig) and obj.max_results < 1:
         raise ConfigError(f"[{section}] max_results must be >= 1")
     if isinstance(obj, LoggingConfig):
         if obj.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ConfigError(f"[{section}] level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+
+
+def parse_window(text: str) -> tuple[int, int] | None:
+    """ "HH:MM-HH:MM" as (start, end) minutes after midnight, or None if malformed."""
+    try:
+        start, end = (part.strip() for part in text.split("-"))
+        minutes = []
+        for part in (start, end):
+            hours, mins = part.split(":")
+            if not (0 <= int(hours) <= 23 and 0 <= int(mins) <= 59):
+                return None
+            minutes.append(int(hours) * 60 + int(mins))
+    except ValueError:
+        return None
+    return minutes[0], minutes[1]
 
 
 def config_from_mapping(raw: Mapping[str, Any]) -> Config:

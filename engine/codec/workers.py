@@ -21,8 +21,10 @@ from typing import Any, Callable
 from engine.errors import TranscodeError
 
 
-def _serve(conn: Connection, memory_limit: int) -> None:
+def _serve(conn: Connection, memory_limit: int, nice: int) -> None:
     """Worker loop: (function, args) in, ("ok", result) or ("error", message) out."""
+    if nice:
+        os.nice(nice)
     if memory_limit:
         import resource
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
@@ -44,9 +46,9 @@ def _serve(conn: Connection, memory_limit: int) -> None:
 
 
 class _Worker:
-    def __init__(self, context, memory_limit: int) -> None:
+    def __init__(self, context, memory_limit: int, nice: int) -> None:
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, memory_limit),
+        self.process = context.Process(target=_serve, args=(child, memory_limit, nice),
                                        name="pacs-codec", daemon=True)
         self.process.start()
         child.close()
@@ -61,10 +63,12 @@ class CodecWorkers:
     """A fixed number of worker processes; `run()` is thread-safe and blocking."""
 
     def __init__(self, processes: int = 0, timeout: float = 120.0,
-                 memory_limit: int = 0) -> None:
+                 memory_limit: int = 0, nice: int = 0) -> None:
         self.processes = processes or os.cpu_count() or 1
         self.timeout = timeout
         self.memory_limit = memory_limit
+        #: Added to the workers' niceness: background work yields the CPU to ingest.
+        self.nice = nice
         self._context = multiprocessing.get_context("spawn")
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._started = 0
@@ -77,7 +81,7 @@ class CodecWorkers:
                 raise TranscodeError("codec workers are shut down")
             if self._idle.empty() and self._started < self.processes:
                 self._started += 1
-                return _Worker(self._context, self.memory_limit)
+                return _Worker(self._context, self.memory_limit, self.nice)
         return self._idle.get()
 
     def _replace(self, worker: _Worker) -> None:

@@ -10,6 +10,8 @@ Sub-databases (keys are UTF-8):
     studies_by_patient_id  PatientID    (dupsort)          -> StudyInstanceUID   } secondary indexes
     studies_by_accession   AccessionNumber (dupsort)       -> StudyInstanceUID   } for the C-FIND
     studies_by_date        StudyDate YYYYMMDD (dupsort)    -> StudyInstanceUID   } planner
+    studies_by_family_name folded family name (dupsort)    -> StudyInstanceUID   } (see
+    studies_by_modality    each of ModalitiesInStudy (dupsort) -> StudyInstanceUID } secondary.py)
     study_series      StudyInstanceUID  (dupsort)          -> SeriesInstanceUID
     series_instances  SeriesInstanceUID (dupsort)          -> SOPInstanceUID
     blobs             content hash (hex)                   -> BlobRecord
@@ -18,19 +20,30 @@ Sub-databases (keys are UTF-8):
 
 Every update of a record and of the keys that point to it happens in one write
 transaction, so the hierarchy is never seen half-updated.
+
+Schema versions: 1 had no secondary indexes, 2 had PatientID, AccessionNumber
+and StudyDate, 3 adds family names and modalities.  Opening an index of an
+older version read-write rebuilds every secondary table from the records, in
+one transaction with the new version number; read-only opens refuse it (they
+cannot write) and say how to upgrade.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import lmdb
 
 from engine.errors import EngineError
+from engine.index import secondary
 
-SCHEMA_VERSION = b"2"
-_DUPSORT = ("patient_studies", "study_series", "series_instances", "studies_by_patient_id",
-            "studies_by_accession", "studies_by_date")
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = b"3"
+#: Older versions whose records this version reads; opening one rebuilds the secondary tables.
+UPGRADABLE_VERSIONS = (b"1", b"2")
+_DUPSORT = ("patient_studies", "study_series", "series_instances", *secondary.TABLES)
 _PLAIN = ("patients", "studies", "series", "instances", "blobs", "conflicts", "meta")
 
 
@@ -53,6 +66,8 @@ class Tables:
     studies_by_patient_id: object
     studies_by_accession: object
     studies_by_date: object
+    studies_by_family_name: object
+    studies_by_modality: object
 
 
 class IndexDatabase:
@@ -70,30 +85,44 @@ class IndexDatabase:
         handles = {}
         if readonly:
             # Handles opened inside a read transaction die with it; let lmdb open them.
+            # The version comes first: an older schema may lack some tables.
+            meta = self.env.open_db(b"meta", create=False)
+            with self.env.begin() as txn:
+                self._check_version(txn.get(b"schema_version", db=meta), readonly=True)
             for name in _PLAIN:
                 handles[name] = self.env.open_db(name.encode(), create=False)
             for name in _DUPSORT:
                 handles[name] = self.env.open_db(name.encode(), dupsort=True, create=False)
-            with self.env.begin() as txn:
-                self._check_version(txn.get(b"schema_version", db=handles["meta"]))
-        else:
-            with self.env.begin(write=True) as txn:
-                for name in _PLAIN:
-                    handles[name] = self.env.open_db(name.encode(), txn=txn)
-                for name in _DUPSORT:
-                    handles[name] = self.env.open_db(name.encode(), txn=txn, dupsort=True)
-                version = txn.get(b"schema_version", db=handles["meta"])
-                if version is None:
-                    txn.put(b"schema_version", SCHEMA_VERSION, db=handles["meta"])
-                else:
-                    self._check_version(version)
-        self.tables = Tables(**handles)
+            self.tables = Tables(**handles)
+            return
+        with self.env.begin(write=True) as txn:
+            for name in _PLAIN:
+                handles[name] = self.env.open_db(name.encode(), txn=txn)
+            for name in _DUPSORT:
+                handles[name] = self.env.open_db(name.encode(), txn=txn, dupsort=True)
+            self.tables = Tables(**handles)
+            version = txn.get(b"schema_version", db=handles["meta"])
+            if version is None:
+                txn.put(b"schema_version", SCHEMA_VERSION, db=handles["meta"])
+            elif version in UPGRADABLE_VERSIONS:
+                log.info("index schema %s: rebuilding secondary indexes for schema %s",
+                         version.decode(), SCHEMA_VERSION.decode())
+                secondary.rebuild(txn, self.tables)
+                txn.put(b"schema_version", SCHEMA_VERSION, db=handles["meta"])
+            else:
+                self._check_version(version)
 
     @staticmethod
-    def _check_version(version: bytes | None) -> None:
-        if version is not None and version != SCHEMA_VERSION:
-            raise IndexSchemaError(f"index schema {version.decode()} found, this version reads "
-                                   f"{SCHEMA_VERSION.decode()}")
+    def _check_version(version: bytes | None, readonly: bool = False) -> None:
+        if version is None or version == SCHEMA_VERSION:
+            return
+        if readonly and version in UPGRADABLE_VERSIONS:
+            raise IndexSchemaError(
+                f"index schema {version.decode()} found, this version reads "
+                f"{SCHEMA_VERSION.decode()}: start the server once (pacs serve) on this data "
+                f"directory to rebuild the secondary indexes, then retry")
+        raise IndexSchemaError(f"index schema {version.decode()} found, this version reads "
+                               f"{SCHEMA_VERSION.decode()}")
 
     def close(self) -> None:
         self.env.close()

@@ -17,6 +17,7 @@ from dataclasses import replace
 import lmdb
 
 from engine.errors import OutOfResources
+from engine.index import secondary
 from engine.index.database import IndexDatabase
 from engine.index.entry import IndexEntry, IndexOutcome
 from engine.index.records import (
@@ -118,13 +119,16 @@ class IndexTransaction:
             patient = replace(patient, number_of_studies=patient.number_of_studies + 1)
             self._put(self.t.patients, pkey, patient)
             self.txn.put(_k(pkey), _k(study_uid), db=self.t.patient_studies)
-            self._index_study(study_uid, a.get("PatientID", ""), a.get("AccessionNumber", ""),
-                              a.get("StudyDate", ""), put=True)
+            secondary.write_keys(self.txn, self.t, study_uid,
+                                 secondary.name_keys(patient.patient_name), put=True)
             study = StudyRecord(
                 pkey, a.get("StudyDate", ""), a.get("StudyTime", ""),
                 a.get("AccessionNumber", ""), a.get("StudyID", ""),
                 a.get("StudyDescription", ""), a.get("ReferringPhysicianName", ""),
                 "", "", 0, 0, a.get("SpecificCharacterSet", ""))
+            before: set = set()  # a new study has no record keys yet
+        else:
+            before = secondary.study_keys(study)
         series = self._get(self.t.series, series_uid, SeriesRecord)
         if series is None:
             series = SeriesRecord(
@@ -139,6 +143,7 @@ class IndexTransaction:
             sop_classes_in_study=_add_to_multi(study.sop_classes_in_study, entry.sop_class_uid))
         self._put(self.t.series, series_uid, series)
         self._put(self.t.studies, study_uid, study)
+        secondary.update_keys(self.txn, self.t, study_uid, before, secondary.study_keys(study))
         self.txn.put(_k(series_uid), _k(entry.sop_instance_uid), db=self.t.series_instances)
         self._put(self.t.instances, entry.sop_instance_uid, InstanceRecord(
             entry.sop_class_uid, study_uid, series_uid, str(a.get("InstanceNumber", "")),
@@ -146,19 +151,6 @@ class IndexTransaction:
             entry.received_at, entry.calling_ae_title, str(a.get("NumberOfFrames", "")),
             str(a.get("Rows", "")), str(a.get("Columns", ""))))
         self.add_blob_reference(entry.content_hash, entry.size, +1)
-
-    def _index_study(self, study_uid: str, patient_id: str, accession: str, study_date: str,
-                     put: bool) -> None:
-        """Add (or remove) a study's secondary index keys; empty values are not indexed."""
-        for table, value in ((self.t.studies_by_patient_id, patient_id),
-                             (self.t.studies_by_accession, accession),
-                             (self.t.studies_by_date, study_date)):
-            if not value or len(_k(value)) > 500:  # LMDB keys are at most 511 bytes
-                continue
-            if put:
-                self.txn.put(_k(value), _k(study_uid), db=table)
-            else:
-                self.txn.delete(_k(value), _k(study_uid), db=table)
 
     def _remove_from_hierarchy(self, sop_uid: str, rec: InstanceRecord) -> None:
         """Detach an instance from its series/study/patient, dropping emptied levels."""
@@ -178,12 +170,13 @@ class IndexTransaction:
             self._put(self.t.series, rec.series_instance_uid, series)
         if study.number_of_instances <= 0:
             self.txn.delete(_k(rec.study_instance_uid), db=self.t.studies)
-            patient_id = study.patient_key.split("\x00")[0]
-            self._index_study(rec.study_instance_uid, patient_id, study.accession_number,
-                              study.study_date, put=False)
             self.txn.delete(_k(study.patient_key), _k(rec.study_instance_uid),
                             db=self.t.patient_studies)
             patient = self._get(self.t.patients, study.patient_key, PatientRecord)
+            keys = secondary.study_keys(study)
+            if patient is not None:
+                keys |= secondary.name_keys(patient.patient_name)
+            secondary.write_keys(self.txn, self.t, rec.study_instance_uid, keys, put=False)
             if patient is not None:
                 if patient.number_of_studies <= 1:
                     self.txn.delete(_k(study.patient_key), db=self.t.patients)
@@ -191,8 +184,10 @@ class IndexTransaction:
                     self._put(self.t.patients, study.patient_key,
                               replace(patient, number_of_studies=patient.number_of_studies - 1))
         else:
-            self._put(self.t.studies, rec.study_instance_uid, self._recount_multi(
-                rec.study_instance_uid, study))
+            recounted = self._recount_multi(rec.study_instance_uid, study)
+            self._put(self.t.studies, rec.study_instance_uid, recounted)
+            secondary.update_keys(self.txn, self.t, rec.study_instance_uid,
+                                  secondary.study_keys(study), secondary.study_keys(recounted))
 
     def _recount_multi(self, study_uid: str, study: StudyRecord) -> StudyRecord:
         """Recompute ModalitiesInStudy and SOPClassesInStudy after an instance left."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from engine.index.reader import IndexReader
 from engine.ingest.pipeline import content_hasher
@@ -32,15 +32,20 @@ class VerifyReport:
                     len(self.orphans) > self.orphans_removed)
 
 
+def rehash_file(fh: BinaryIO, transfer_syntax_uid: str, dataset_offset: int) -> str:
+    """Content address of a Part 10 file's bytes (transfer syntax + dataset bytes)."""
+    hasher = content_hasher(transfer_syntax_uid)
+    fh.seek(dataset_offset)
+    while chunk := fh.read(_READ_SIZE):
+        hasher.update(chunk)
+    return hasher.hexdigest()
+
+
 def rehash(store: FilesystemBlobStore, address: str, transfer_syntax_uid: str,
            dataset_offset: int) -> str:
-    """Content address recomputed from the stored file (transfer syntax + dataset bytes)."""
-    hasher = content_hasher(transfer_syntax_uid)
+    """Content address recomputed from the stored file."""
     with store.open_blob(address) as fh:
-        fh.seek(dataset_offset)
-        while chunk := fh.read(_READ_SIZE):
-            hasher.update(chunk)
-    return hasher.hexdigest()
+        return rehash_file(fh, transfer_syntax_uid, dataset_offset)
 
 
 def verify_archive(store: FilesystemBlobStore, reader: IndexReader, remove_orphans: bool = False,
@@ -87,16 +92,20 @@ def commitment_failure(store: FilesystemBlobStore, reader: IndexReader, sop_clas
     A modality deletes its copy on our word, so "committed" requires reading
     every byte back, not just finding an index entry.
     """
-    record = reader.instance(sop_instance_uid)
-    if record is None:
-        return CommitmentFailure.NO_SUCH_OBJECT_INSTANCE
-    if record.sop_class_uid != sop_class_uid:
-        return CommitmentFailure.CLASS_INSTANCE_CONFLICT
-    try:
-        actual = rehash(store, record.content_hash, record.transfer_syntax_uid,
-                        record.dataset_offset)
-    except (BlobNotFound, OSError):
-        return CommitmentFailure.PROCESSING_FAILURE
-    if actual != record.content_hash:
-        return CommitmentFailure.PROCESSING_FAILURE
-    return None
+    for attempt in range(2):  # the compression stage may swap the file under us once
+        record = reader.instance(sop_instance_uid)
+        if record is None:
+            return CommitmentFailure.NO_SUCH_OBJECT_INSTANCE
+        if record.sop_class_uid != sop_class_uid:
+            return CommitmentFailure.CLASS_INSTANCE_CONFLICT
+        try:
+            actual = rehash(store, record.content_hash, record.transfer_syntax_uid,
+                            record.dataset_offset)
+        except (BlobNotFound, OSError):
+            actual = None
+        if actual == record.content_hash:
+            return None
+        current = reader.instance(sop_instance_uid)
+        if current is None or current.content_hash == record.content_hash:
+            break
+    return CommitmentFailure.PROCESSING_FAILURE

@@ -4,8 +4,10 @@ The identifier arrives in P-DATA fragments (bounded); the query then runs on a
 thread of its own (LMDB read transactions belong to one thread, and a large
 scan must not stall the event loop) and hands encoded responses to the loop
 through a small bounded window, so a slow reader of results throttles the
-query instead of filling memory.  C-CANCEL and the result cap stop it between
-two matches.
+query instead of filling memory.  Responses cross threads in batches of up to
+`_BATCH` (the first match alone, so it goes out at once): a large answer costs
+one loop wake-up per batch, not per match.  C-CANCEL and the result cap stop it
+between two matches.
 """
 from __future__ import annotations
 
@@ -19,13 +21,13 @@ from engine.errors import EngineError
 from engine.net import status as st
 from engine.net.acse import AcceptedContext
 from engine.net.dimse import C_FIND_RSP, Command, encode_response
-from engine.query.find import (
-    FindExecutor, FindQuery, InvalidQuery, decode_identifier, encode_identifier)
+from engine.query.find import FindExecutor, FindQuery, InvalidQuery, decode_identifier
 
 log = logging.getLogger(__name__)
 
 MAX_IDENTIFIER_LENGTH = 1 << 20
-_WINDOW = 32  # encoded responses the query thread may run ahead of the socket
+_BATCH = 64  # encoded responses handed to the loop at once
+_WINDOW = 4  # batches the query thread may run ahead of the socket
 
 SendMessage = Callable[[int, bytes, bytes | None], Awaitable[None]]
 
@@ -94,30 +96,42 @@ class FindOperation:
         window = threading.Semaphore(_WINDOW)
         cap = self._config.max_results
 
+        def hand_over(batch: list[bytes]) -> bool:
+            while not window.acquire(timeout=0.5):
+                if self._stop.is_set():
+                    return False
+            if self._stop.is_set():
+                return False
+            loop.call_soon_threadsafe(results.put_nowait, ("matches", batch))
+            return True
+
         def produce() -> None:
             outcome: tuple = ("done", None)
             count = 0
+            batch: list[bytes] = []
+            responses = self._executor.run_encoded(query, ts)
             try:
-                for ds in self._executor.run(query):
+                for data in responses:
                     if self._stop.is_set():
                         break
                     if count == cap:
                         outcome = ("cap", None)
                         break
-                    data = encode_identifier(ds, ts)
-                    while not window.acquire(timeout=0.5):
-                        if self._stop.is_set():
-                            break
-                    if self._stop.is_set():
-                        break
-                    loop.call_soon_threadsafe(results.put_nowait, ("match", data))
+                    batch.append(data)
                     count += 1
+                    if len(batch) >= _BATCH or count == 1:
+                        if not hand_over(batch):
+                            break
+                        batch = []
+                if batch and not self._stop.is_set():
+                    hand_over(batch)
             except EngineError as exc:
                 outcome = ("error", exc)
             except Exception as exc:  # a bug must end the request, not hang it
                 log.exception("%s C-FIND failed", self.assoc_id)
                 outcome = ("error", exc)
             finally:  # exactly one terminal item, whatever happened
+                responses.close()  # ends the query's read transaction on this thread
                 try:
                     loop.call_soon_threadsafe(results.put_nowait, outcome)
                 except RuntimeError:
@@ -130,12 +144,13 @@ class FindOperation:
         try:
             while True:
                 kind, payload = await results.get()
-                if kind == "match":
+                if kind == "matches":
                     window.release()
-                    if self._stop.is_set():
-                        continue
-                    await send(self.context_id, pending, payload)
-                    matches += 1
+                    for data in payload:
+                        if self._stop.is_set():
+                            break
+                        await send(self.context_id, pending, data)
+                        matches += 1
                     continue
                 if self.cancelled:
                     final = self._final(st.CANCEL)

@@ -85,6 +85,8 @@ async def send_instance(channel: StoreChannel, instance: StoredInstance, priorit
     """One C-STORE sub-operation; returns the peer's status, or a failure of ours.
 
     AssociationFailed propagates: the channel is gone, the remaining ones fail.
+    DatasetUnavailable propagates too (nothing was sent): the file may have been
+    replaced by the compression stage since the instance was resolved.
     """
     syntaxes = channel.accepted_syntaxes(instance.sop_class_uid)
     context_id = syntaxes.get(instance.transfer_syntax_uid)
@@ -117,11 +119,7 @@ async def send_instance(channel: StoreChannel, instance: StoredInstance, priorit
     if originator is not None:
         values[CMD_MOVE_ORIGINATOR_AE_TITLE] = originator[0]
         values[CMD_MOVE_ORIGINATOR_MESSAGE_ID] = originator[1]
-    try:
-        response, _ = await channel.request(context_id, encode_command(values), dataset)
-    except DatasetUnavailable as exc:  # nothing was sent: this sub-operation fails alone
-        log.error("cannot send %s: %s", instance.sop_instance_uid, exc)
-        return st.FAILURE_PROCESSING
+    response, _ = await channel.request(context_id, encode_command(values), dataset)
     status = response.status
     return st.FAILURE_PROCESSING if status is None else status
 
@@ -223,8 +221,7 @@ class RetrieveOperation:
             if self.cancelled:
                 return
             try:
-                status = await send_instance(channel, instance, priority, originator,
-                                             self.codec)
+                status = await self._send_one(channel, instance, priority, originator)
             except AssociationFailed as exc:
                 log.warning("%s sub-operations stopped: %s", self.assoc_id, exc)
                 for rest in instances[index:]:
@@ -243,6 +240,22 @@ class RetrieveOperation:
             if counts.remaining and not self.aborted:
                 await send(self.context_id, self._response(st.PENDING, with_remaining=True),
                            None)
+
+    async def _send_one(self, channel: StoreChannel, instance: StoredInstance, priority: int,
+                        originator: tuple[str, int] | None) -> int:
+        try:
+            return await send_instance(channel, instance, priority, originator, self.codec)
+        except DatasetUnavailable as exc:
+            fresh = await asyncio.to_thread(self.resolver.refresh, instance)
+            if fresh is None or fresh == instance:
+                log.error("%s cannot send %s: %s", self.assoc_id, instance.sop_instance_uid,
+                          exc)
+                return st.FAILURE_PROCESSING
+        try:  # re-stored (compressed) since it was resolved: send the current file
+            return await send_instance(channel, fresh, priority, originator, self.codec)
+        except DatasetUnavailable as exc:
+            log.error("%s cannot send %s: %s", self.assoc_id, instance.sop_instance_uid, exc)
+            return st.FAILURE_PROCESSING
 
     async def _final(self, send: SendMessage, refused: tuple[int, str] | None = None) -> None:
         counts = self.counts

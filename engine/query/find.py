@@ -1,11 +1,15 @@
 """C-FIND execution against the index (PS3.4 C.4.1), hierarchical queries.
 
-`FindQuery.from_identifier()` validates a request identifier; `run()` yields
-one response dataset per match.  Candidates come from direct lookups when the
-level's unique key is given (single UID or UID list) and from a scan of the
-level otherwise; every other key filters records decoded zero-copy from LMDB.
-Attributes the index does not hold are read from one stored file of the match,
-and only when the request asks for them.
+`FindQuery.from_identifier()` validates a request identifier.  The executor
+runs a query in one read transaction of the index (one consistent snapshot):
+candidates come from direct lookups when the level's unique key is given
+(single UID or UID list), else from the study-level secondary indexes
+(engine.query.plan), else from a scan of the level; every other key filters
+records decoded from LMDB.  Attributes the index does not hold are read from
+one stored file of the match, and only when the request asks for them.
+
+`run_encoded()` yields each response already encoded (the SCP's path, no
+pydicom objects per match); `run()` yields pydicom Datasets (`pacs find`).
 """
 from __future__ import annotations
 
@@ -16,17 +20,18 @@ from typing import Iterator
 import pydicom
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
 
+from engine.dicom.identifier import encode_with_pydicom
 from engine.dicom.uids import transfer_syntax_encoding
 from engine.errors import EngineError
-from engine.index.reader import IndexReader
+from engine.index.reader import IndexReader, IndexSnapshot
 from engine.query.matching import MatchError, compile_date_time_range, compile_matcher
 from engine.query.model import (
-    BY_KEYWORD, LEVELS, PATIENT_ROOT_FIND, STUDY_ROOT_FIND, UNIQUE_KEY, Match, QueryAttribute,
+    BY_KEYWORD, LEVELS, PATIENT_ROOT_FIND, STUDY_ROOT_FIND, UNIQUE_KEY, QueryAttribute,
     level_index)
+from engine.query.plan import family_name_lookups, plan_study_uids
+from engine.query.response import ResponseEncoder, response_dataset
 from engine.store.blob_store import BlobNotFound, FilesystemBlobStore
 
 
@@ -38,7 +43,6 @@ class LevelNotInModel(InvalidQuery):
     """The Query/Retrieve Level is not one of the information model's levels."""
 
 _SKIP = {0x00080005, 0x00080052}  # Specific Character Set, Query/Retrieve Level
-_STUDY_DATE, _STUDY_TIME = 0x00080020, 0x00080030
 
 
 def decode_identifier(data: bytes, transfer_syntax_uid: str) -> Dataset:
@@ -55,11 +59,7 @@ def decode_identifier(data: bytes, transfer_syntax_uid: str) -> Dataset:
 
 def encode_identifier(ds: Dataset, transfer_syntax_uid: str) -> bytes:
     enc = transfer_syntax_encoding(transfer_syntax_uid)
-    buf = DicomBytesIO()
-    buf.is_little_endian = enc.little_endian
-    buf.is_implicit_VR = not enc.explicit_vr
-    write_dataset(buf, ds)
-    return buf.getvalue()
+    return encode_with_pydicom(ds, enc.explicit_vr, enc.little_endian)
 
 
 def element_text(element) -> str:
@@ -95,6 +95,8 @@ class FindQuery:
     study_instant: object = None
     #: Whether any key reads the patient record (else it is not fetched per candidate).
     needs_patient: bool = True
+    #: PN keys match case- and accent-insensitively (the planner must know).
+    fuzzy_person_names: bool = False
 
     @classmethod
     def from_identifier(cls, model: str, ds: Dataset, fuzzy_person_names: bool) -> "FindQuery":
@@ -102,7 +104,7 @@ class FindQuery:
         allowed = LEVELS if model == PATIENT_ROOT_FIND else LEVELS[1:]
         if level not in allowed:
             raise LevelNotInModel(f"Query/Retrieve Level {level!r} not valid for this model")
-        query = cls(model, level)
+        query = cls(model, level, fuzzy_person_names=fuzzy_person_names)
         date = ds["StudyDate"] if "StudyDate" in ds else None
         time = ds["StudyTime"] if "StudyTime" in ds else None
         combined = (date is not None and time is not None
@@ -183,8 +185,35 @@ class FindExecutor:
         self.reader = reader
         self.store = store
 
+    # -- entry points ------------------------------------------------------------------
+    def run(self, query: FindQuery) -> Iterator[Dataset]:
+        """Yield one response identifier per match, in index order."""
+        for values in self.run_values(query):
+            yield response_dataset(query, values)
+
+    def run_encoded(self, query: FindQuery, transfer_syntax_uid: str) -> Iterator[bytes]:
+        """Yield each response identifier encoded in `transfer_syntax_uid`."""
+        enc = transfer_syntax_encoding(transfer_syntax_uid)
+        if not enc.little_endian:  # retired big endian: the general encoder
+            for ds in self.run(query):
+                yield encode_identifier(ds, transfer_syntax_uid)
+            return
+        encoder = ResponseEncoder(query, enc.explicit_vr)
+        for values in self.run_values(query):
+            yield encoder.encode(values)
+
+    def run_values(self, query: FindQuery) -> Iterator[list[str]]:
+        """The value of every key of `query.keys` (same order) for each match.
+
+        The whole query runs in one read transaction, opened on the first
+        `next()`: consume (or close) the iterator on the thread that started it.
+        """
+        with self.reader.snapshot() as ix:
+            yield from self._matches(ix, query)
+
     # -- candidates ----------------------------------------------------------------
-    def _values(self, query: FindQuery, keyword: str) -> list[str] | None:
+    @staticmethod
+    def _values(query: FindQuery, keyword: str) -> list[str] | None:
         """The exact values a key asks for (one, or a backslash list), or None when
         it is absent, universal or a wildcard: the input of direct lookups and plans."""
         key = query.key(keyword)
@@ -197,107 +226,114 @@ class FindExecutor:
         values = self._values(query, keyword)
         return values[0] if values is not None and len(values) == 1 else None
 
-    def _date_bounds(self, query: FindQuery) -> tuple[str, str] | None:
-        """(first, last) StudyDate of a single date or date range key, else None."""
-        key = query.key("StudyDate")
-        if key is None or not key.text.strip() or any(c in key.text for c in "*?\\"):
-            return None
-        text = key.text.replace(".", "").strip()
-        first, sep, last = text.partition("-")
-        if not sep:
-            last = first
-        first, last = first or "00000000", last or "99999999"
-        if not (len(first) == len(last) == 8 and first.isdigit() and last.isdigit()):
-            return None
-        return first, last
+    @staticmethod
+    def _constraints(query: FindQuery) -> dict[str, str]:
+        """keyword → key text of the keys that constrain the matches (plan input)."""
+        keys = {k.keyword: k.text for k in query.keys if k.matcher is not None}
+        if query.study_instant is not None:  # combined StudyDate + StudyTime range
+            keys["StudyDate"] = query.key("StudyDate").text
+        return keys
 
-    def _planned_study_uids(self, query: FindQuery) -> list[str] | None:
-        """Candidates from a secondary index (a superset of the matches), or None to scan.
-
-        Every candidate still goes through all matchers, so a plan only has to be
-        a superset; it picks the most selective key available.
-        """
+    def _patients(self, ix: IndexSnapshot, query: FindQuery) -> Iterator[tuple[str, object]]:
         patient_id = self._exact(query, "PatientID")
         if patient_id is not None:
-            return self.reader.studies_with_patient_id(patient_id)
-        accession = self._exact(query, "AccessionNumber")
-        if accession is not None:
-            return self.reader.studies_with_accession_number(accession)
-        bounds = self._date_bounds(query)
-        if bounds is not None:
-            return self.reader.studies_in_date_range(*bounds)
-        return None
-
-    def _patients(self, query: FindQuery) -> Iterator[tuple[str, object]]:
-        patient_id = self._exact(query, "PatientID")
-        if patient_id is not None:
-            yield from self.reader.patients_with_id(patient_id)
+            yield from ix.patients_with_id(patient_id)
             return
-        yield from self.reader.iter_patients()
+        name = query.key("PatientName")
+        lookups = None
+        if name is not None and name.matcher is not None:
+            lookups = family_name_lookups(name.text, query.fuzzy_person_names)
+        if lookups is None:
+            yield from ix.iter_patients()
+            return
+        # Every patient has a study, so the study name index covers the patients too.
+        seen = set()
+        for family, prefix in lookups:
+            for study_uid in ix.studies_with_family_name(family, prefix):
+                study = ix.study(study_uid)
+                if study is None or study.patient_key in seen:
+                    continue
+                seen.add(study.patient_key)
+                patient = ix.patient(study.patient_key)
+                if patient is not None:
+                    yield study.patient_key, patient
 
-    def _studies(self, query: FindQuery) -> Iterator[Match]:
+    def _studies(self, ix: IndexSnapshot, query: FindQuery) -> Iterator[Candidate]:
         uids = self._values(query, "StudyInstanceUID")
         if query.model == PATIENT_ROOT_FIND:
-            for pkey, patient in self._patients(query):
-                for study_uid in self.reader.studies_of_patient(pkey):
+            for pkey, patient in self._patients(ix, query):
+                for study_uid in ix.studies_of_patient(pkey):
                     if uids is not None and study_uid not in uids:
                         continue
-                    study = self.reader.study(study_uid)
+                    study = ix.study(study_uid)
                     if study is not None:
-                        yield Match(patient, study, None, None, study_uid)
+                        yield Candidate(patient, study, None, None, study_uid)
             return
         if uids is None:
-            uids = self._planned_study_uids(query)
+            uids = plan_study_uids(ix, self._constraints(query), query.fuzzy_person_names)
         if uids is not None:
-            pairs = ((u, self.reader.study(u)) for u in uids)
+            pairs = ((u, ix.study(u)) for u in uids)
         else:
-            pairs = self.reader.iter_studies()
+            pairs = ix.iter_studies()
+        needs_patient = query.needs_patient
+        patients: dict[str, object] = {}  # studies share patients: decode each once
         for study_uid, study in pairs:
             if study is not None:
-                patient = self.reader.patient(study.patient_key) if query.needs_patient else None
-                yield Match(patient, study, None, None, study_uid)
+                patient = None
+                if needs_patient:
+                    patient = patients.get(study.patient_key)
+                    if patient is None:
+                        if len(patients) >= _PATIENTS_KEPT:
+                            patients.clear()
+                        patient = patients[study.patient_key] = ix.patient(study.patient_key)
+                yield Candidate(patient, study, None, None, study_uid)
 
-    def _series(self, query: FindQuery) -> Iterator[Match]:
+    def _series(self, ix: IndexSnapshot, query: FindQuery) -> Iterator[Candidate]:
         wanted = self._values(query, "SeriesInstanceUID")
-        for parent in self._studies(query):
-            for series_uid in self.reader.series_of_study(parent.study_uid):
+        for parent in self._studies(ix, query):
+            for series_uid in ix.series_of_study(parent.study_uid):
                 if wanted is not None and series_uid not in wanted:
                     continue
-                series = self.reader.series(series_uid)
+                series = ix.series(series_uid)
                 if series is not None:
-                    yield Match(parent.patient, parent.study, series, None, parent.study_uid,
+                    yield Candidate(parent.patient, parent.study, series, None, parent.study_uid,
                                 series_uid)
 
-    def _instances(self, query: FindQuery) -> Iterator[Match]:
+    def _instances(self, ix: IndexSnapshot, query: FindQuery) -> Iterator[Candidate]:
         wanted = self._values(query, "SOPInstanceUID")
-        for parent in self._series(query):
-            for sop_uid in self.reader.instances_of_series(parent.series_uid):
+        for parent in self._series(ix, query):
+            for sop_uid in ix.instances_of_series(parent.series_uid):
                 if wanted is not None and sop_uid not in wanted:
                     continue
-                instance = self.reader.instance(sop_uid)
+                instance = ix.instance(sop_uid)
                 if instance is not None:
-                    yield Match(parent.patient, parent.study, parent.series, instance,
+                    yield Candidate(parent.patient, parent.study, parent.series, instance,
                                 parent.study_uid, parent.series_uid, sop_uid)
 
-    def candidates(self, query: FindQuery) -> Iterator[Match]:
+    def candidates(self, query: FindQuery) -> Iterator[Candidate]:
+        """Candidate matches (before matching), in one read transaction."""
+        with self.reader.snapshot() as ix:
+            yield from self._candidates(ix, query)
+
+    def _candidates(self, ix: IndexSnapshot, query: FindQuery) -> Iterator[Candidate]:
         if query.level == "PATIENT":
-            return (Match(p, None, None, None) for _, p in self._patients(query))
+            return (Candidate(p, None, None, None) for _, p in self._patients(ix, query))
         return {"STUDY": self._studies, "SERIES": self._series,
-                "IMAGE": self._instances}[query.level](query)
+                "IMAGE": self._instances}[query.level](ix, query)
 
     # -- values from files -----------------------------------------------------------
-    def _representative_file(self, match: Match):
+    def _representative_file(self, ix: IndexSnapshot, match: Candidate):
         sop_uid = match.sop_uid
         if not sop_uid and match.series_uid:
-            sop_uids = self.reader.instances_of_series(match.series_uid)
+            sop_uids = ix.instances_of_series(match.series_uid)
             sop_uid = sop_uids[0] if sop_uids else ""
         if not sop_uid and match.study_uid:
-            for series_uid in self.reader.series_of_study(match.study_uid):
-                sop_uids = self.reader.instances_of_series(series_uid)
+            for series_uid in ix.series_of_study(match.study_uid):
+                sop_uids = ix.instances_of_series(series_uid)
                 if sop_uids:
                     sop_uid = sop_uids[0]
                     break
-        record = self.reader.instance(sop_uid) if sop_uid else None
+        record = ix.instance(sop_uid) if sop_uid else None
         if record is None:
             return None
         try:
@@ -306,68 +342,68 @@ class FindExecutor:
         except (BlobNotFound, OSError, pydicom.errors.InvalidDicomError):
             return None
 
-    # -- matching and responses ----------------------------------------------------------
-    def run(self, query: FindQuery) -> Iterator[Dataset]:
-        """Yield one response identifier per match, in index order."""
-        for match in self.candidates(query):
-            values: dict[int, str] = {}
-            file_ds = None
-            file_loaded = False
-            ok = True
-            for key in query.keys:
-                if key.indexed:
-                    attr = key.attr
-                    record = _RECORD_OF_LEVEL[attr.level](match)
-                    # Below the query level (or a study without patient record): empty.
-                    value = attr.read(match) if record is not None else ""
-                elif key.vr == "SQ":
-                    value = ""
-                else:
-                    if not file_loaded:
-                        file_ds, file_loaded = self._representative_file(match), True
-                    element = file_ds.get(key.tag) if file_ds is not None else None
-                    value = element_text(element) if element is not None else ""
-                if key.matcher is not None and not key.matcher(value):
-                    ok = False
-                    break
-                values[key.tag] = value
-            if ok and query.study_instant is not None:
-                ok = query.study_instant(values.get(_STUDY_DATE, ""), values.get(_STUDY_TIME, ""))
-            if ok:
-                yield self._response(query, values)
-
-    def _response(self, query: FindQuery, values: dict[int, str]) -> Dataset:
-        ds = Dataset()
-        non_ascii = any(not v.isascii() for v in values.values())
-        if non_ascii:
-            ds.SpecificCharacterSet = "ISO_IR 192"
-        ds.QueryRetrieveLevel = query.level
+    # -- matching ----------------------------------------------------------------------
+    def _matches(self, ix: IndexSnapshot, query: FindQuery) -> Iterator[list[str]]:
+        level = level_index(query.level)
+        steps = []  # (how to read the value, reader, matcher), in query.keys order
         for key in query.keys:
             if key.vr == "SQ":
-                ds.add_new(key.tag, "SQ", [])
-                continue
-            text = values.get(key.tag, "")
-            ds.add_new(key.tag, key.vr, _typed(key.vr, text))
-        return ds
+                steps.append((_EMPTY, None, None))
+            elif not key.indexed:
+                steps.append((_FROM_FILE, key.tag, key.matcher))
+            elif level_index(key.attr.level) > level:
+                # Below the query level: returned empty (matchers were dropped).
+                steps.append((_EMPTY, None, key.matcher))
+            else:
+                steps.append((_RECORD, key.attr.read, key.matcher))
+        instant = query.study_instant
+        if instant is not None:
+            keywords = [k.keyword for k in query.keys]
+            date_at, time_at = keywords.index("StudyDate"), keywords.index("StudyTime")
+        for match in self._candidates(ix, query):
+            values: list[str] = []
+            file_ds = _NOT_LOADED
+            for how, read, matcher in steps:
+                if how is _RECORD:
+                    try:
+                        value = read(match)
+                    except AttributeError:  # a study without its patient record
+                        value = ""
+                elif how is _EMPTY:
+                    value = ""
+                else:
+                    if file_ds is _NOT_LOADED:
+                        file_ds = self._representative_file(ix, match)
+                    element = file_ds.get(read) if file_ds is not None else None
+                    value = element_text(element) if element is not None else ""
+                if matcher is not None and not matcher(value):
+                    break
+                values.append(value)
+            else:
+                if instant is None or instant(values[date_at], values[time_at]):
+                    yield values
 
 
-_RECORD_OF_LEVEL = {
-    "PATIENT": lambda m: m.patient, "STUDY": lambda m: m.study,
-    "SERIES": lambda m: m.series, "IMAGE": lambda m: m.instance,
-}
+_RECORD, _EMPTY, _FROM_FILE = "record", "empty", "file"
+_NOT_LOADED = object()
+_PATIENTS_KEPT = 16384  # patient records a query keeps decoded (bounded memory)
 
 
-def _typed(vr: str, text: str):
-    if not text:
-        return None
-    if vr in ("US", "UL", "SS", "SL"):
-        try:
-            return int(text)
-        except ValueError:
-            return None
-    if "\\" in text and vr not in ("LT", "ST", "UT"):
-        return text.split("\\")
-    return text
+class Candidate:
+    """A `Match` (engine.query.model) built for one candidate: the same attributes,
+    slotted and unfrozen, because one is made per record the query looks at."""
+
+    __slots__ = ("patient", "study", "series", "instance", "study_uid", "series_uid", "sop_uid")
+
+    def __init__(self, patient, study, series, instance, study_uid: str = "",
+                 series_uid: str = "", sop_uid: str = "") -> None:
+        self.patient = patient
+        self.study = study
+        self.series = series
+        self.instance = instance
+        self.study_uid = study_uid
+        self.series_uid = series_uid
+        self.sop_uid = sop_uid
 
 
 __all__ = ["FindQuery", "FindExecutor", "InvalidQuery", "LevelNotInModel", "decode_identifier",

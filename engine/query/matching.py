@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import calendar
 import re
-import unicodedata
 from collections.abc import Callable
 from decimal import Decimal
+
+from engine.dicom.person_name import fold, trim_group
 
 __all__ = ["MatchError", "compile_date_time_range", "compile_matcher"]
 
@@ -169,24 +170,6 @@ def _compile_string(key: str, *, literal: bool) -> Matcher:
 
 # --- PN ------------------------------------------------------------------------
 
-def _fold(text: str) -> str:
-    """Case- and accent-insensitive form: NFKD, combining marks dropped, casefolded.
-
-    Applies to every component group, so in the ideographic and phonetic groups
-    voiced kana also fold to their unvoiced forms; that is accepted as part of
-    "fuzzy".
-    """
-    if text.isascii():
-        return text.lower()
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
-
-
-def _trim_name(group: str) -> str:
-    """Drop padding and trailing empty components: ``DOE^JOHN^^^`` is ``DOE^JOHN``."""
-    return group.strip(" ").rstrip("^ ")
-
-
 def _compile_person_name(key: str, fuzzy: bool) -> Matcher | None:
     """PN matching on whole component groups, optionally fuzzy.
 
@@ -195,7 +178,7 @@ def _compile_person_name(key: str, fuzzy: bool) -> Matcher | None:
     In fuzzy mode a key without ``^`` also matches the family name alone, so
     ``muller`` finds ``Müller^Jürgen``.
     """
-    norm = (lambda s: _fold(_trim_name(s))) if fuzzy else _trim_name
+    norm = (lambda s: fold(trim_group(s))) if fuzzy else trim_group
     alternatives: list[tuple[bool, list[Callable[[str, str], bool] | None]]] = []
     for alt in _alternatives(key):
         key_groups = alt.split("=")

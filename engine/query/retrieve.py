@@ -105,17 +105,21 @@ class RetrieveResolver:
                 uids.append(uid)
         return uids
 
+    def _stored(self, uid: str) -> StoredInstance | None:
+        record = self.reader.instance(uid)
+        if record is None:
+            return None  # deleted since the walk
+        return StoredInstance(uid, record.sop_class_uid, record.transfer_syntax_uid,
+                              self.store.path_of(record.content_hash), record.dataset_offset,
+                              record.size - record.dataset_offset)
+
     def resolve(self, request: RetrieveRequest) -> list[StoredInstance]:
-        found = []
-        for uid in dict.fromkeys(self._sop_uids(request)):  # once each, in index order
-            record = self.reader.instance(uid)
-            if record is None:
-                continue  # deleted since the walk
-            found.append(StoredInstance(
-                uid, record.sop_class_uid, record.transfer_syntax_uid,
-                self.store.path_of(record.content_hash), record.dataset_offset,
-                record.size - record.dataset_offset))
-        return found
+        found = (self._stored(uid) for uid in dict.fromkeys(self._sop_uids(request)))
+        return [instance for instance in found if instance is not None]
+
+    def refresh(self, instance: StoredInstance) -> StoredInstance | None:
+        """The instance as the index has it now (its file may have been re-stored)."""
+        return self._stored(instance.sop_instance_uid)
 
 
 __all__ = ["RetrieveRequest", "RetrieveResolver", "StoredInstance"]

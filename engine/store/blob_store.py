@@ -186,6 +186,28 @@ class FilesystemBlobStore:
         _fsync_dir(final.parent)
         return True
 
+    def adopt(self, path: Path, address: str) -> bool:
+        """Move an already fsync'd file from tmp/ to `address` (rename, fsync dir).
+
+        For blobs written elsewhere (a codec worker process).  Returns False when
+        that address already existed: the file is removed, the existing blob kept.
+        """
+        path = Path(path)
+        if path.parent != self.tmp:
+            raise InvalidAddress("only files in the store's tmp/ can be adopted")
+        final = self.path_of(address)
+        if final.exists():
+            path.unlink(missing_ok=True)
+            return False
+        try:
+            os.rename(path, final)
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            _raise_resources(exc, "renaming compressed object")
+            raise
+        _fsync_dir(final.parent)
+        return True
+
     # -- reading ---------------------------------------------------------------
     def path_of(self, address: str) -> Path:
         _check(address)
