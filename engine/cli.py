@@ -50,12 +50,67 @@ def cmd_stats(args: argparse.Namespace) -> int:
     store, db, reader = _open_readonly(_config_from_args(args))
     try:
         s = reader.stats()
+        totals = reader.compression_totals()
+        queued, failed = reader.compression_queue_length(), len(reader.compression_failures())
     finally:
         db.close()
     print(f"patients   {s.patients}\nstudies    {s.studies}\nseries     {s.series}\n"
           f"instances  {s.instances}\nconflicts  {s.conflicts}\n"
           f"bytes      {s.bytes_stored} ({s.bytes_stored / 1e9:.3f} GB)")
+    if totals or queued or failed:
+        print(f"\ncompression: {queued} queued, {failed} not compressible (see log)")
+        print(f"{'modality':<10}{'instances':>10}{'MB before':>12}{'MB after':>12}{'ratio':>8}")
+        for modality, t in sorted(totals.items()):
+            ratio = t.bytes_before / t.bytes_after if t.bytes_after else 0.0
+            print(f"{modality:<10}{t.count:>10}{t.bytes_before / 1e6:>12.1f}"
+                  f"{t.bytes_after / 1e6:>12.1f}{ratio:>8.2f}")
     return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    """Run the compression stage by hand, with a progress bar (the server may be running)."""
+    from rich.progress import Progress
+
+    from engine.codec.workers import CodecWorkers
+    from engine.compression.policy import CompressionPolicy
+    from engine.compression.stage import CompressionStage
+    from engine.index.database import IndexDatabase
+    from engine.index.reader import IndexReader
+    from engine.index.writer import GroupCommitWriter
+    from engine.store.blob_store import FilesystemBlobStore
+
+    config = _config_from_args(args)
+    storage = config.storage
+    if not (storage.data_dir / "index" / "data.mdb").exists():
+        raise ConfigError(f"no archive in {storage.data_dir}")
+    # No store.open(): it would clear tmp/, where a running server has files in flight.
+    store = FilesystemBlobStore(storage.data_dir, storage.min_free_bytes)
+    db = IndexDatabase(storage.data_dir / "index", storage.index_map_size)
+    writer = GroupCommitWriter(db, storage.duplicate_policy, storage.group_commit_max)
+    writer.start()
+    reader = IndexReader(db)
+    workers = CodecWorkers(config.codec.workers, config.codec.task_timeout,
+                           config.codec.memory_limit)
+    stage = CompressionStage(store, reader, writer, CompressionPolicy(config.compression),
+                             workers)
+    try:
+        if args.retry_failed:
+            cleared = writer.run_job(lambda tx: tx.clear_compression_failures())
+            print(f"{cleared} earlier failure(s) will be tried again")
+        total = reader.stats().instances
+        with Progress(disable=not sys.stderr.isatty()) as progress:
+            task = progress.add_task("compressing", total=None if args.study else total)
+            report = stage.run_now(args.study, lambda n: progress.advance(task, n))
+    finally:
+        workers.close()
+        writer.stop()
+        db.close()
+    print(f"compressed {report.compressed}, skipped {report.skipped}, failed {report.failed}; "
+          f"{report.bytes_before / 1e6:.1f} MB -> {report.bytes_after / 1e6:.1f} MB"
+          + (f" (ratio {report.ratio:.2f})" if report.compressed else ""))
+    for uid, reason in report.failures[:20]:
+        print(f"FAILED  {uid}: {reason}")
+    return 1 if report.failed else 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -149,6 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--remove-orphans", action="store_true",
                         help="delete files no index entry references (never acknowledged)")
     verify.set_defaults(func=cmd_verify)
+
+    compress = sub.add_parser("compress", help="store uncompressed images as JPEG 2000 "
+                                                "Lossless now, following [compression]")
+    common(compress)
+    compress.add_argument("--now", action="store_true", required=True,
+                          help="run the stage now, ignoring the delay and time window")
+    compress.add_argument("--study", help="only this Study Instance UID")
+    compress.add_argument("--retry-failed", action="store_true",
+                          help="try again instances that failed before")
+    compress.set_defaults(func=cmd_compress)
 
     find = sub.add_parser("find", help="query the index with C-FIND matching rules")
     common(find)

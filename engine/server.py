@@ -12,6 +12,8 @@ import signal
 from dataclasses import dataclass
 
 from engine.codec.workers import CodecWorkers
+from engine.compression.policy import CompressionPolicy
+from engine.compression.stage import CompressionStage
 from engine.config import Config
 from engine.index.database import IndexDatabase
 from engine.index.reader import IndexReader
@@ -76,6 +78,8 @@ class Server:
         self.archive: Archive | None = None
         self.listener: DicomListener | None = None
         self.codec: CodecWorkers | None = None
+        self.compression: CompressionStage | None = None
+        self.compression_workers: CodecWorkers | None = None
         self.port: int | None = None
         self._stop = asyncio.Event()
 
@@ -107,6 +111,20 @@ class Server:
             raise
         log.info("%s listening on %s:%d, data in %s", net.ae_title, net.host, self.port,
                  self.config.storage.data_dir)
+        if self.config.compression.enabled:
+            self._start_compression()
+
+    def _start_compression(self) -> None:
+        """The background stage, on its own niced worker processes: ingest keeps priority."""
+        codec, archive = self.config.codec, self.archive
+        self.compression_workers = CodecWorkers(codec.workers, codec.task_timeout,
+                                                codec.memory_limit, nice=10)
+        self.compression = CompressionStage(
+            archive.store, archive.reader, archive.writer,
+            CompressionPolicy(self.config.compression), self.compression_workers)
+        self.compression.start()
+        log.info("compression stage running (%d worker processes)",
+                 self.compression_workers.processes)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -130,6 +148,9 @@ class Server:
             await self.listener.stop()
             await self.listener.services.reporter.drain(self.config.retrieve.connect_timeout +
                                                         self.config.retrieve.response_timeout)
+        if self.compression is not None:
+            self.compression.stop()
+            self.compression_workers.close()
         if self.codec is not None:
             self.codec.close()
         if self.archive is not None:

@@ -71,6 +71,7 @@ class CodecWorkers:
         self.nice = nice
         self._context = multiprocessing.get_context("spawn")
         self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._all: set[_Worker] = set()
         self._started = 0
         self._lock = threading.Lock()
         self._closed = False
@@ -81,13 +82,16 @@ class CodecWorkers:
                 raise TranscodeError("codec workers are shut down")
             if self._idle.empty() and self._started < self.processes:
                 self._started += 1
-                return _Worker(self._context, self.memory_limit, self.nice)
+                worker = _Worker(self._context, self.memory_limit, self.nice)
+                self._all.add(worker)
+                return worker
         return self._idle.get()
 
     def _replace(self, worker: _Worker) -> None:
         worker.kill()
         with self._lock:
             self._started -= 1
+            self._all.discard(worker)
 
     def run(self, function: Callable[..., Any], *args: Any) -> Any:
         """`function(*args)` in a worker; TranscodeError on its error, timeout or death.
@@ -115,17 +119,13 @@ class CodecWorkers:
         return value
 
     def close(self) -> None:
+        """Stop every worker; a task still running fails with TranscodeError."""
         with self._lock:
             self._closed = True
-        while True:
-            try:
-                worker = self._idle.get_nowait()
-            except queue.Empty:
-                return
-            worker.conn.close()
-            worker.process.join(5)
-            if worker.process.is_alive():
-                worker.kill()
+            workers = list(self._all)
+            self._all.clear()
+        for worker in workers:
+            worker.kill()
 
 
 __all__ = ["CodecWorkers"]

@@ -17,6 +17,8 @@ Sub-databases (keys are UTF-8):
     blobs             content hash (hex)                   -> BlobRecord
     conflicts         SOPInstanceUID NUL content hash      -> ConflictRecord
     meta              name                                 -> value (schema version, totals)
+    compress_queue    SOPInstanceUID                       -> b""     } compression stage
+    compress_failures SOPInstanceUID                       -> reason  } (compression_state.py)
 
 Every update of a record and of the keys that point to it happens in one write
 transaction, so the hierarchy is never seen half-updated.
@@ -44,7 +46,8 @@ SCHEMA_VERSION = b"3"
 #: Older versions whose records this version reads; opening one rebuilds the secondary tables.
 UPGRADABLE_VERSIONS = (b"1", b"2")
 _DUPSORT = ("patient_studies", "study_series", "series_instances", *secondary.TABLES)
-_PLAIN = ("patients", "studies", "series", "instances", "blobs", "conflicts", "meta")
+_PLAIN = ("patients", "studies", "series", "instances", "blobs", "conflicts", "meta",
+          "compress_queue", "compress_failures")
 
 
 class IndexSchemaError(EngineError):
@@ -60,6 +63,8 @@ class Tables:
     blobs: object
     conflicts: object
     meta: object
+    compress_queue: object
+    compress_failures: object
     patient_studies: object
     study_series: object
     series_instances: object

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
+from engine.index import compression_state
 from engine.index.database import IndexDatabase
 from engine.index.secondary import index_key
 from engine.index.records import (
@@ -264,6 +265,46 @@ class IndexReader:
         with self._db.env.begin(buffers=True) as txn, txn.cursor(db=self.t.blobs) as cur:
             for key in cur.iternext(keys=True, values=False):
                 yield bytes(key).decode()
+
+    # -- the compression stage's state (compression_state.py) -------------------------
+    def _state(self, function, *args):
+        with self._db.env.begin(buffers=True) as txn:
+            return function(txn, self.t, *args)
+
+    def compression_queue(self, limit: int) -> list[str]:
+        return self._state(compression_state.queued, limit)
+
+    def compression_queue_length(self) -> int:
+        return self._state(compression_state.queue_length)
+
+    def compression_failure(self, sop_instance_uid: str) -> str | None:
+        return self._state(compression_state.failure, sop_instance_uid)
+
+    def compression_failures(self) -> list[tuple[str, str]]:
+        return self._state(compression_state.failures)
+
+    def compression_cursor(self) -> str:
+        return self._state(compression_state.cursor)
+
+    def compression_totals(self) -> dict[str, compression_state.CompressionTotals]:
+        return self._state(compression_state.totals_by_modality)
+
+    def instances_after(self, sop_instance_uid: str, limit: int
+                        ) -> list[tuple[str, InstanceRecord]]:
+        """Up to `limit` instances with UIDs after `sop_instance_uid`, in UID order."""
+        found: list[tuple[str, InstanceRecord]] = []
+        start = sop_instance_uid.encode("utf-8", "surrogateescape")
+        with self._db.env.begin(buffers=True) as txn, txn.cursor(db=self.t.instances) as cur:
+            if not cur.set_range(start):
+                return found
+            for key, value in cur:
+                uid = bytes(key).decode()
+                if uid == sop_instance_uid:
+                    continue
+                found.append((uid, InstanceRecord.decode(value)))
+                if len(found) >= limit:
+                    break
+        return found
 
     def stats(self) -> IndexStats:
         with self._db.env.begin() as txn:

@@ -13,11 +13,12 @@ import logging
 import queue
 import threading
 from dataclasses import replace
+from typing import Callable, TypeVar
 
 import lmdb
 
 from engine.errors import OutOfResources
-from engine.index import secondary
+from engine.index import compression_state, secondary
 from engine.index.database import IndexDatabase
 from engine.index.entry import IndexEntry, IndexOutcome
 from engine.index.records import (
@@ -26,6 +27,7 @@ from engine.index.records import (
 log = logging.getLogger(__name__)
 
 _TOTAL_BYTES = b"total_bytes"
+T = TypeVar("T")
 
 
 def _k(text: str) -> bytes:
@@ -69,6 +71,26 @@ class IndexTransaction:
             self._put(self.t.blobs, content_hash, BlobRecord(refs, size))
         total = int(self.txn.get(_TOTAL_BYTES, b"0", db=self.t.meta))
         self.txn.put(_TOTAL_BYTES, str(total + delta * size).encode(), db=self.t.meta)
+
+    # -- the compression stage (see compression_state.py) ---------------------------
+    def queue_for_compression(self, uids: list[str], cursor: str) -> None:
+        compression_state.queue(self.txn, self.t, uids, cursor)
+
+    def dequeue_compression(self, uid: str) -> None:
+        compression_state.dequeue(self.txn, self.t, uid)
+
+    def record_compression_failure(self, uid: str, reason: str) -> None:
+        compression_state.record_failure(self.txn, self.t, uid, reason)
+
+    def clear_compression_failures(self) -> int:
+        return compression_state.clear_failures(self.txn, self.t)
+
+    def swap_content(self, uid: str, expected_hash: str, new_hash: str,
+                     transfer_syntax_uid: str, size: int, dataset_offset: int,
+                     modality: str) -> compression_state.SwapResult:
+        return compression_state.swap_content(self, uid, expected_hash, new_hash,
+                                              transfer_syntax_uid, size, dataset_offset,
+                                              modality)
 
     def apply(self, entry: IndexEntry, duplicate_policy: str) -> IndexOutcome:
         existing = self._get(self.t.instances, entry.sop_instance_uid, InstanceRecord)
@@ -254,6 +276,26 @@ class GroupCommitWriter:
             raise box[0]
         return box[0]
 
+    def run_job(self, job: Callable[[IndexTransaction], T]) -> T:
+        """Run `job(tx)` in the writer's next transaction and wait for its commit.
+
+        For background work (the compression stage), from any thread but the
+        event loop's.  The job runs in a nested transaction, so its failure
+        undoes only its own changes, never those of entries committed with it.
+        """
+        done = threading.Event()
+        box: list = []
+
+        def resolve(result):
+            box.append(result)
+            done.set()
+
+        self._queue.put((job, resolve))
+        done.wait()
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0]
+
     def stop(self) -> None:
         """Commit everything queued so far, then end the thread."""
         if self._thread.is_alive():
@@ -286,7 +328,10 @@ class GroupCommitWriter:
             with self._db.env.begin(write=True) as txn:
                 tx = IndexTransaction(self._db, txn)
                 for entry, _ in batch:
-                    outcomes.append(tx.apply(entry, self._policy))
+                    if callable(entry):
+                        outcomes.append(self._run_nested(txn, entry))
+                    else:
+                        outcomes.append(tx.apply(entry, self._policy))
         except lmdb.MapFullError as exc:
             log.error("index map full (%d entries not indexed): raise storage.index_map_size",
                       len(batch))
@@ -309,6 +354,17 @@ class GroupCommitWriter:
         self.entries_committed += len(batch)
         for (_, resolve), outcome in zip(batch, outcomes):
             resolve(outcome)
+
+
+    def _run_nested(self, txn: lmdb.Transaction, job: Callable) -> object:
+        """A job in a child transaction: an exception undoes its changes and is its result."""
+        try:
+            with self._db.env.begin(write=True, parent=txn) as child:
+                return job(IndexTransaction(self._db, child))
+        except lmdb.MapFullError:
+            raise  # the whole transaction is out of room: every entry of the batch fails
+        except Exception as exc:
+            return exc
 
 
 def _settle(future: asyncio.Future, result) -> None:
