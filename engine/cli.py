@@ -113,6 +113,52 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def cmd_queue(args: argparse.Namespace) -> int:
+    """The router's forward queue: status per destination, or retry / drop jobs."""
+    import time
+
+    config = _config_from_args(args)
+    if args.action == "status":
+        store, db, reader = _open_readonly(config)
+        try:
+            summary = reader.forward_summary()
+        finally:
+            db.close()
+        now = time.time()
+        print(f"{'destination':<16}{'pending':>9}{'retrying':>10}{'dead':>7}{'oldest':>10}  "
+              "last error")
+        for name, s in sorted(summary.items()):
+            age = f"{now - s.oldest_created:.0f}s" if s.oldest_created else "-"
+            error = (f"0x{s.last_status:04X} " if s.last_status is not None else "") + \
+                s.last_error
+            print(f"{name:<16}{s.pending:>9}{s.retrying:>10}{s.dead:>7}{age:>10}  {error}")
+        if not summary:
+            print("(queue empty)")
+        return 0
+    from engine.index.database import IndexDatabase
+    from engine.index.writer import GroupCommitWriter
+
+    storage = config.storage
+    if not (storage.data_dir / "index" / "data.mdb").exists():
+        raise ConfigError(f"no archive in {storage.data_dir}")
+    db = IndexDatabase(storage.data_dir / "index", storage.index_map_size)
+    writer = GroupCommitWriter(db, storage.duplicate_policy, storage.group_commit_max)
+    writer.start()
+    try:
+        if args.action == "retry":
+            count = writer.run_job(lambda tx: tx.forward_retry(args.destination, args.study,
+                                                               time.time()))
+            print(f"{count} job(s) due again now (a running server picks them up)")
+        else:
+            count = writer.run_job(lambda tx: tx.forward_drop(args.destination, args.study,
+                                                              dead_only=not args.all))
+            print(f"{count} job(s) dropped")
+    finally:
+        writer.stop()
+        db.close()
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from engine.ingest.integrity import verify_archive
 
@@ -214,6 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--retry-failed", action="store_true",
                           help="try again instances that failed before")
     compress.set_defaults(func=cmd_compress)
+
+    queue = sub.add_parser("queue", help="the router's forward queue: status, retry, drop")
+    common(queue)
+    queue.add_argument("action", nargs="?", choices=("status", "retry", "drop"),
+                       default="status")
+    queue.add_argument("--destination", help="only this destination")
+    queue.add_argument("--study", help="only this Study Instance UID")
+    queue.add_argument("--all", action="store_true",
+                       help="drop: also jobs still pending (default: dead ones only)")
+    queue.set_defaults(func=cmd_queue)
 
     find = sub.add_parser("find", help="query the index with C-FIND matching rules")
     common(find)

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from engine.errors import EngineError
+from engine.routing.destinations import Destination, parse_destinations
+from engine.routing.rules import Rule, parse_rules
+from engine.routing.schema import RoutingConfigError
 
 
 class ConfigError(EngineError):
@@ -128,6 +131,34 @@ class CompressionConfig:
 
 
 @dataclass(frozen=True)
+class RoutingConfig:
+    """The router: rules, destinations, and the retry policy of the forward queue.
+
+    Rules and destinations are parsed and checked by engine/routing at load (a bad
+    rule fails naming the rule and the field); no rules means routing is off.
+    """
+
+    #: [[routing.rules]] in order (engine/routing/rules.py).
+    rules: tuple[Rule, ...] = ()
+    #: [routing.destinations.NAME] by name (engine/routing/destinations.py).
+    destinations: Mapping[str, Destination] = field(default_factory=dict)
+    #: A forward is dead-lettered after this many failed attempts ...
+    max_attempts: int = 10
+    #: ... or once it is this many seconds old.
+    max_age: float = 72 * 3600.0
+    #: Retry delay: capped exponential backoff with jitter, base and cap in seconds.
+    backoff_base: float = 5.0
+    backoff_max: float = 600.0
+    #: Store-and-forward: seconds an instance stays after all its forwards are delivered
+    #: (0 = kept forever: archive mode).
+    retention: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.rules)
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
 
@@ -142,6 +173,7 @@ class Config:
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def with_overrides(self, **sections: Mapping[str, Any]) -> "Config":
@@ -165,12 +197,25 @@ def _build(cls: type, raw: Mapping[str, Any], section: str) -> Any:
     if unknown:
         raise ConfigError(f"[{section}]: unknown option(s) {', '.join(sorted(unknown))}")
     kwargs = {}
+    if cls is RoutingConfig:
+        kwargs.update(_routing_tables(raw, section))
+        raw = {k: v for k, v in raw.items() if k not in kwargs}
     for name, value in raw.items():
         default = getattr(cls(), name)
         kwargs[name] = _coerce(value, default, f"{section}.{name}")
     obj = cls(**kwargs)
     _validate(obj, section)
     return obj
+
+
+def _routing_tables(raw: Mapping[str, Any], section: str) -> dict[str, Any]:
+    """The nested parts of [routing] (rules, destinations), parsed by engine/routing."""
+    try:
+        destinations = parse_destinations(raw.get("destinations", {}))
+        rules = parse_rules(raw.get("rules", []), destinations)
+    except RoutingConfigError as exc:
+        raise ConfigError(f"[{section}] {exc}") from exc
+    return {"destinations": destinations, "rules": rules}
 
 
 def _coerce(value: Any, default: Any, where: str) -> Any:
@@ -252,6 +297,14 @@ def _validate(obj: Any, section: str) -> None:
                               "sweep_interval positive")
         if obj.window and parse_window(obj.window) is None:
             raise ConfigError(f"[{section}] window must look like \"22:00-06:00\"")
+    if isinstance(obj, RoutingConfig):
+        if obj.max_attempts < 1 or obj.max_age <= 0:
+            raise ConfigError(f"[{section}] max_attempts must be >= 1, max_age positive")
+        if not 0 < obj.backoff_base <= obj.backoff_max:
+            raise ConfigError(f"[{section}] backoff_base must be positive and at most "
+                              "backoff_max")
+        if obj.retention < 0:
+            raise ConfigError(f"[{section}] retention must not be negative (0 = keep forever)")
     if isinstance(obj, QueryConfig) and obj.max_results < 1:
         raise ConfigError(f"[{section}] max_results must be >= 1")
     if isinstance(obj, LoggingConfig):

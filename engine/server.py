@@ -20,11 +20,14 @@ from engine.index.reader import IndexReader
 from engine.index.writer import GroupCommitWriter
 from engine.ingest.pipeline import IngestPipeline
 from engine.net.acse import AcceptorPolicy
+from engine.index.forward_queue import RetryPolicy
 from engine.net.commitment_service import CommitmentReporter
+from engine.net.forwarder import Forwarder
 from engine.net.listener import DicomListener, ListenerLimits
 from engine.net.services import ServiceProvider
 from engine.query.find import FindExecutor
 from engine.query.retrieve import RetrieveResolver
+from engine.routing.router import RuleRouter, routing_secret
 from engine.store.blob_store import FilesystemBlobStore
 
 log = logging.getLogger(__name__)
@@ -79,6 +82,7 @@ class Server:
         self.listener: DicomListener | None = None
         self.codec: CodecWorkers | None = None
         self.compression: CompressionStage | None = None
+        self.forwarder: Forwarder | None = None
         self.compression_workers: CodecWorkers | None = None
         self.port: int | None = None
         self._stop = asyncio.Event()
@@ -111,8 +115,26 @@ class Server:
             raise
         log.info("%s listening on %s:%d, data in %s", net.ae_title, net.host, self.port,
                  self.config.storage.data_dir)
+        if self.config.routing.enabled:
+            self._start_routing()
         if self.config.compression.enabled:
             self._start_compression()
+
+    def _start_routing(self) -> None:
+        """Rules decide at ingest; per-destination workers deliver the durable queue."""
+        routing, archive, net = self.config.routing, self.archive, self.config.network
+        self.forwarder = Forwarder(
+            dict(routing.destinations), archive.reader, archive.writer,
+            RetrieveResolver(archive.reader, archive.store), self.codec,
+            RetryPolicy(routing.max_attempts, routing.max_age, routing.backoff_base,
+                        routing.backoff_max),
+            net.ae_title, net.max_pdu_length, self.config.retrieve.connect_timeout,
+            self.config.retrieve.response_timeout,
+            routing_secret(self.config.storage.data_dir))
+        archive.pipeline.set_router(RuleRouter(routing.rules, self.forwarder.wake))
+        self.forwarder.start()
+        log.info("routing: %d rule(s), %d destination(s)", len(routing.rules),
+                 len(routing.destinations))
 
     def _start_compression(self) -> None:
         """The background stage, on its own niced worker processes: ingest keeps priority."""
@@ -148,6 +170,8 @@ class Server:
             await self.listener.stop()
             await self.listener.services.reporter.drain(self.config.retrieve.connect_timeout +
                                                         self.config.retrieve.response_timeout)
+        if self.forwarder is not None:
+            await self.forwarder.stop()  # undelivered jobs stay queued for the next start
         if self.compression is not None:
             self.compression.stop()
             self.compression_workers.close()

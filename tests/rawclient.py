@@ -19,7 +19,10 @@ from engine.net.pdu_framing import encode_p_data
 LOOPBACK = "127.0.0.1"
 
 
-def associate_rq_bytes(contexts, calling="RAWSCU", called="PACS", max_pdu=65536) -> bytes:
+def associate_rq_bytes(contexts, calling="RAWSCU", called="PACS", max_pdu=65536,
+                       user_items=()) -> bytes:
+    """An A-ASSOCIATE-RQ proposing `contexts` (IDs 1, 3, 5...); `user_items` are extra
+    user-information primitives (role selection, extended negotiation...)."""
     rq = A_ASSOCIATE()
     rq.application_context_name = UID("1.2.840.10008.3.1.1.1")
     rq.calling_ae_title = calling
@@ -34,7 +37,7 @@ def associate_rq_bytes(contexts, calling="RAWSCU", called="PACS", max_pdu=65536)
     rq.presentation_context_definition_list = items
     ml = MaximumLengthNotification()
     ml.maximum_length_received = max_pdu
-    rq.user_information = [ml]
+    rq.user_information = [ml, *user_items]
     pdu = A_ASSOCIATE_RQ()
     pdu.from_primitive(rq)
     return pdu.encode()

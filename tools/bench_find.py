@@ -62,9 +62,14 @@ def time_queries(port: int, query_list: list[Query], args, scratch: Path) -> dic
             timings = {"findscu": time_findscu(findscu, port, query, runs, args.budget, scratch),
                        "pynetdicom": assoc.time(query, runs, args.budget),
                        "raw": raw.time(query, runs, args.budget)}
-            counts = {t.matches for t in timings.values()}
-            if len(counts) != 1:
+            # findscu and our raw client must agree; pynetdicom occasionally misses one
+            # response of a fast stream under load (pydicom/pynetdicom#875), so its count
+            # is only reported.
+            if timings["findscu"].matches != timings["raw"].matches:
                 raise BenchError(f"{query.name}: clients disagree on the matches: {timings}")
+            if timings["pynetdicom"].matches != timings["raw"].matches:
+                log(f"  warning: pynetdicom counted {timings['pynetdicom'].matches} matches "
+                    f"for {query.name}, the others {timings['raw'].matches}")
             out[query.name] = timings
             log(f"  {query.name:<17} {timings['raw'].matches:>7,} matches  " + "  ".join(
                 f"{c} {t.median * 1e3:8.2f} ms" for c, t in timings.items()))

@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 from engine.errors import TranscodeError
 
+_STARTUP_TIMEOUT = 60.0
+
 
 def _serve(conn: Connection, memory_limit: int, nice: int) -> None:
     """Worker loop: (function, args) in, ("ok", result) or ("error", message) out."""
@@ -28,6 +30,7 @@ def _serve(conn: Connection, memory_limit: int, nice: int) -> None:
     if memory_limit:
         import resource
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+    conn.send(("ready", None))  # start-up (interpreter, imports) is not a task's time
     while True:
         try:
             function, args = conn.recv()
@@ -52,6 +55,10 @@ class _Worker:
                                        name="pacs-codec", daemon=True)
         self.process.start()
         child.close()
+        if not self.conn.poll(_STARTUP_TIMEOUT):
+            self.kill()
+            raise TranscodeError("codec worker did not start")
+        self.conn.recv()
 
     def kill(self) -> None:
         self.process.kill()
@@ -80,12 +87,20 @@ class CodecWorkers:
         with self._lock:
             if self._closed:
                 raise TranscodeError("codec workers are shut down")
-            if self._idle.empty() and self._started < self.processes:
-                self._started += 1
-                worker = _Worker(self._context, self.memory_limit, self.nice)
-                self._all.add(worker)
-                return worker
-        return self._idle.get()
+            start = self._idle.empty() and self._started < self.processes
+            if start:
+                self._started += 1  # reserve the slot; start the process outside the lock
+        if not start:
+            return self._idle.get()
+        try:
+            worker = _Worker(self._context, self.memory_limit, self.nice)
+        except BaseException:
+            with self._lock:
+                self._started -= 1
+            raise
+        with self._lock:
+            self._all.add(worker)
+        return worker
 
     def _replace(self, worker: _Worker) -> None:
         worker.kill()

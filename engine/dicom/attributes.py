@@ -9,6 +9,7 @@ import struct
 from typing import Mapping
 
 from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 
 from engine.dicom.tags import INDEXED
 
@@ -73,3 +74,38 @@ def decode_indexed(values: Mapping[int, bytes], little_endian: bool = True) -> d
             out[attr.keyword] = value
     return out
 
+
+
+def decode_tags(values: Mapping[int, bytes], tags: tuple[int, ...],
+                little_endian: bool = True) -> dict[str, str | int]:
+    """Decode raw scanner values of any dictionary tags to {keyword: value} (as text,
+    multiple values joined by backslash); for attributes beyond the indexed ones."""
+    encodings = character_sets(values.get(0x00080005))
+    out: dict[str, str | int] = {}
+    for tag in tags:
+        raw = values.get(tag)
+        keyword = keyword_for_tag(tag)
+        if raw is None or not keyword:
+            continue
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            continue
+        if vr in ("SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN"):
+            continue
+        if vr in ("US", "SS", "UL", "SL", "FL", "FD"):
+            size = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8}[vr]
+            code = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}[vr]
+            raw = bytes(raw)
+            count = len(raw) // size
+            if not count:
+                continue
+            numbers = struct.unpack(("<" if little_endian else ">") + code * count,
+                                    raw[:count * size])
+            out[keyword] = "\\".join(str(n) for n in numbers)
+            continue
+        value = decode_value(vr if vr in _TEXT_VRS or vr == "UI" else "CS", bytes(raw),
+                             encodings, little_endian)
+        if value is not None:
+            out[keyword] = value
+    return out

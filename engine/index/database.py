@@ -19,6 +19,8 @@ Sub-databases (keys are UTF-8):
     meta              name                                 -> value (schema version, totals)
     compress_queue    SOPInstanceUID                       -> b""     } compression stage
     compress_failures SOPInstanceUID                       -> reason  } (compression_state.py)
+    forward_jobs      destination NUL job id               -> job     } router queue
+    study_activity    StudyInstanceUID                     -> time    } (forward_queue.py)
 
 Every update of a record and of the keys that point to it happens in one write
 transaction, so the hierarchy is never seen half-updated.
@@ -47,7 +49,7 @@ SCHEMA_VERSION = b"3"
 UPGRADABLE_VERSIONS = (b"1", b"2")
 _DUPSORT = ("patient_studies", "study_series", "series_instances", *secondary.TABLES)
 _PLAIN = ("patients", "studies", "series", "instances", "blobs", "conflicts", "meta",
-          "compress_queue", "compress_failures")
+          "compress_queue", "compress_failures", "forward_jobs", "study_activity")
 
 
 class IndexSchemaError(EngineError):
@@ -65,6 +67,8 @@ class Tables:
     meta: object
     compress_queue: object
     compress_failures: object
+    forward_jobs: object
+    study_activity: object
     patient_studies: object
     study_series: object
     series_instances: object

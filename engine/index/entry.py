@@ -19,6 +19,9 @@ class IndexEntry:
     calling_ae_title: str
     #: Decoded indexed attributes, keyed by DICOM keyword (see engine.dicom.tags).
     attributes: dict = field(default_factory=dict)
+    #: Where the routing rules send it (engine.index.forward_queue.ForwardOrder); the jobs
+    #: are queued in the transaction that indexes the instance.
+    forwards: tuple = ()
 
 
 class IndexOutcome(str, Enum):

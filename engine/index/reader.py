@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-from engine.index import compression_state
+from engine.index import compression_state, forward_queue
 from engine.index.database import IndexDatabase
 from engine.index.secondary import index_key
 from engine.index.records import (
@@ -288,6 +288,14 @@ class IndexReader:
 
     def compression_totals(self) -> dict[str, compression_state.CompressionTotals]:
         return self._state(compression_state.totals_by_modality)
+
+    # -- the router's forward queue (forward_queue.py) --------------------------------
+    def forward_due(self, destination: str, now: float, limit: int,
+                    skip: set[int]) -> list[forward_queue.ForwardJob]:
+        return self._state(forward_queue.due, destination, now, limit, skip)
+
+    def forward_summary(self) -> dict[str, forward_queue.DestinationSummary]:
+        return self._state(forward_queue.summary)
 
     def instances_after(self, sop_instance_uid: str, limit: int
                         ) -> list[tuple[str, InstanceRecord]]:

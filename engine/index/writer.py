@@ -12,13 +12,14 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from dataclasses import replace
 from typing import Callable, TypeVar
 
 import lmdb
 
 from engine.errors import OutOfResources
-from engine.index import compression_state, secondary
+from engine.index import compression_state, forward_queue, secondary
 from engine.index.database import IndexDatabase
 from engine.index.entry import IndexEntry, IndexOutcome
 from engine.index.records import (
@@ -92,7 +93,33 @@ class IndexTransaction:
                                               transfer_syntax_uid, size, dataset_offset,
                                               modality)
 
+    # -- the router's forward queue (see forward_queue.py) ----------------------------
+    def forward_delivered(self, job: forward_queue.ForwardJob) -> None:
+        forward_queue.delivered(self.txn, self.t, job)
+
+    def forward_failed(self, job: forward_queue.ForwardJob, status: int | None, error: str,
+                       now: float, policy: forward_queue.RetryPolicy
+                       ) -> forward_queue.ForwardJob:
+        return forward_queue.failed(self.txn, self.t, job, status, error, now, policy)
+
+    def forward_retry(self, destination: str | None, study_uid: str | None,
+                      now: float) -> int:
+        return forward_queue.retry(self.txn, self.t, destination, study_uid, now)
+
+    def forward_drop(self, destination: str | None, study_uid: str | None,
+                     dead_only: bool) -> int:
+        return forward_queue.drop(self.txn, self.t, destination, study_uid, dead_only)
+
     def apply(self, entry: IndexEntry, duplicate_policy: str) -> IndexOutcome:
+        outcome = self._apply(entry, duplicate_policy)
+        if entry.forwards and outcome in (IndexOutcome.STORED, IndexOutcome.CONFLICT_REPLACED):
+            a = entry.attributes
+            forward_queue.add_jobs(self.txn, self.t, entry.sop_instance_uid,
+                                   a.get("StudyInstanceUID", ""), a.get("SeriesInstanceUID", ""),
+                                   entry.forwards, time.time())
+        return outcome
+
+    def _apply(self, entry: IndexEntry, duplicate_policy: str) -> IndexOutcome:
         existing = self._get(self.t.instances, entry.sop_instance_uid, InstanceRecord)
         if existing is None:
             self._insert(entry)

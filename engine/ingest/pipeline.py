@@ -16,14 +16,16 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Mapping, Protocol
 
-from engine.dicom.attributes import decode_indexed
+from engine.dicom.attributes import decode_indexed, decode_tags
 from engine.dicom.part10 import encode_file_header
 from engine.dicom.tags import INDEXED_TAGS
 from engine.dicom.tagscan import TagScanner
 from engine.dicom.uids import require_valid_uid, transfer_syntax_encoding
 from engine.errors import DatasetMismatch, DuplicateRejected, OutOfResources, TagScanError
 from engine.index.entry import IndexEntry, IndexOutcome
+from engine.index.forward_queue import ForwardOrder
 from engine.index.reader import IndexReader
 from engine.index.writer import GroupCommitWriter
 from engine.store.blob_store import FilesystemBlobStore, TempBlob
@@ -58,18 +60,43 @@ class StoreResult:
     size: int
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where an instance came from, as routing rules see it."""
+
+    calling_ae_title: str
+    called_ae_title: str = ""
+    peer_ip: str = ""
+
+
+class Router(Protocol):
+    """What ingest asks of the router (engine.routing): forwards, decided at ingest."""
+
+    #: Tags beyond the indexed ones that the rules look at (the scanner extracts them).
+    extra_tags: tuple[int, ...]
+
+    def route(self, origin: Origin, sop_class_uid: str,
+              attributes: Mapping[str, object]) -> tuple[ForwardOrder, ...]: ...
+
+    def queued(self, forwards: tuple[ForwardOrder, ...]) -> None:
+        """Called after the commit that queued `forwards`: time to deliver."""
+
+
 class InstanceReceiver:
     """Receives one dataset; `feed()` on the event loop, `complete()` awaited after the last fragment."""
 
     def __init__(self, pipeline: "IngestPipeline", sop_class_uid: str, sop_instance_uid: str,
-                 transfer_syntax_uid: str, calling_ae_title: str) -> None:
+                 transfer_syntax_uid: str, calling_ae_title: str,
+                 origin: Origin | None = None) -> None:
         self._pipeline = pipeline
         self.sop_class_uid = sop_class_uid
         self.sop_instance_uid = sop_instance_uid
         self.transfer_syntax_uid = transfer_syntax_uid
         self.calling_ae_title = sanitize_ae_title(calling_ae_title)
+        self.origin = origin or Origin(calling_ae_title)
         encoding = transfer_syntax_encoding(transfer_syntax_uid)
-        self._scanner = TagScanner(encoding.explicit_vr, encoding.little_endian, INDEXED_TAGS)
+        self._scanner = TagScanner(encoding.explicit_vr, encoding.little_endian,
+                                   pipeline.wanted_tags)
         self._little_endian = encoding.little_endian
         self._inflater = zlib.decompressobj(-15) if encoding.deflated else None
         self._scan_error: TagScanError | None = None
@@ -80,6 +107,8 @@ class InstanceReceiver:
         self._dataset_offset = len(header)
         self._temp.write(header)
         self._write_error: OutOfResources | None = None
+        #: Values of the tags only routing rules look at, by keyword.
+        self.extra_attributes: dict = {}
 
     def feed(self, fragment: memoryview) -> None:
         """Write, hash and scan one P-DATA fragment of the dataset."""
@@ -122,6 +151,10 @@ class InstanceReceiver:
         if self._scan_error is not None:
             raise self._scan_error
         attrs = decode_indexed(scanner.values, self._little_endian)
+        router = self._pipeline.router
+        if router is not None and router.extra_tags:
+            self.extra_attributes = decode_tags(scanner.values, router.extra_tags,
+                                                self._little_endian)
         if attrs.get("SOPInstanceUID") != self.sop_instance_uid:
             raise DatasetMismatch("SOP Instance UID of the dataset differs from the command's")
         if attrs.get("SOPClassUID") != self.sop_class_uid:
@@ -140,12 +173,18 @@ class InstanceReceiver:
             self._temp.discard()
             raise
         address = self._hasher.hexdigest()
+        router = self._pipeline.router
+        forwards = () if router is None else router.route(
+            self.origin, self.sop_class_uid, {**attrs, **self.extra_attributes})
         entry = IndexEntry(
             self.sop_instance_uid, self.sop_class_uid, self.transfer_syntax_uid, address,
             self._temp.size, self._dataset_offset,
             datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-            self.calling_ae_title, attrs)
-        return await self._pipeline.commit(self._temp, entry)
+            self.calling_ae_title, attrs, forwards)
+        result = await self._pipeline.commit(self._temp, entry)
+        if forwards and result.outcome in (IndexOutcome.STORED, IndexOutcome.CONFLICT_REPLACED):
+            router.queued(forwards)
+        return result
 
 
 class IngestPipeline:
@@ -157,11 +196,19 @@ class IngestPipeline:
         self.writer = writer
         self.reader = reader
         self._io = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="store-io")
+        self.router: Router | None = None
+        self.wanted_tags = INDEXED_TAGS
+
+    def set_router(self, router: Router | None) -> None:
+        """Route every instance indexed from now on (None: no routing)."""
+        self.router = router
+        extra = router.extra_tags if router is not None else ()
+        self.wanted_tags = tuple(sorted(set(INDEXED_TAGS) | set(extra)))
 
     def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str,
-              calling_ae_title: str) -> InstanceReceiver:
+              calling_ae_title: str, origin: Origin | None = None) -> InstanceReceiver:
         return InstanceReceiver(self, sop_class_uid, sop_instance_uid, transfer_syntax_uid,
-                                calling_ae_title)
+                                calling_ae_title, origin)
 
     async def commit(self, temp: TempBlob, entry: IndexEntry) -> StoreResult:
         """fsync + rename + dir fsync on an I/O thread, then the group-committed index write."""

@@ -13,7 +13,7 @@ from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIA
 from pynetdicom.pdu_primitives import (
     A_ABORT, A_ASSOCIATE, A_P_ABORT, ImplementationClassUIDNotification,
     ImplementationVersionNameNotification, MaximumLengthNotification,
-    SCP_SCU_RoleSelectionNegotiation)
+    SCP_SCU_RoleSelectionNegotiation, SOPClassExtendedNegotiation)
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 from engine.dicom.uids import (
@@ -105,6 +105,9 @@ class AcceptedContext:
     as_scu: bool = False
     #: Whether the peer may send us requests of this SOP class on it.
     as_scp: bool = True
+    #: Whether relational queries were agreed for this (C-FIND) SOP class by SOP Class
+    #: Extended Negotiation (PS3.4 C.5.1.1.1); without it queries are hierarchical.
+    relational_queries: bool = False
 
 
 @dataclass(frozen=True)
@@ -191,14 +194,19 @@ def negotiate_association(raw_rq: bytes, policy: AcceptorPolicy,
 
     peer_max = 0
     roles: dict = {}
+    extended: dict[str, bytes] = {}
     for item in rq.user_information or []:
         if isinstance(item, MaximumLengthNotification):
             peer_max = int(item.maximum_length_received or 0)
         elif isinstance(item, SCP_SCU_RoleSelectionNegotiation):
             roles[item.sop_class_uid] = (item.scu_role, item.scp_role)
+        elif isinstance(item, SOPClassExtendedNegotiation):
+            extended[str(item.sop_class_uid)] = item.service_class_application_information or b""
 
     results, role_items = negotiate_as_acceptor(
         rq.presentation_context_definition_list, contexts, roles or None)
+    accepted_syntaxes = {str(cx.abstract_syntax) for cx in results if cx.result == 0x00}
+    relational, extended_items = _extended_negotiation(extended, accepted_syntaxes)
 
     max_length = MaximumLengthNotification()
     max_length.maximum_length_received = policy.max_pdu_length
@@ -214,14 +222,39 @@ def negotiate_association(raw_rq: bytes, policy: AcceptorPolicy,
     ac.result = 0x00
     ac.result_source = 0x01
     ac.presentation_context_definition_results_list = results
-    ac.user_information = [max_length, impl_uid, impl_name, *role_items]
+    ac.user_information = [max_length, impl_uid, impl_name, *role_items, *extended_items]
     pdu = A_ASSOCIATE_AC()
     pdu.from_primitive(ac)
 
     accepted = {
         cx.context_id: AcceptedContext(cx.context_id, str(cx.abstract_syntax),
                                        str(cx.transfer_syntax[0]), bool(cx.as_scu),
-                                       bool(cx.as_scp))
+                                       bool(cx.as_scp), str(cx.abstract_syntax) in relational)
         for cx in results if cx.result == 0x00
     }
     return NegotiationResult(pdu.encode(), True, calling, called, peer_max, accepted)
+
+
+def _extended_negotiation(requested: dict[str, bytes], accepted_syntaxes: set[str]
+                          ) -> tuple[set[str], list[SOPClassExtendedNegotiation]]:
+    """The FIND SOP classes with relational queries agreed, and the items answering them.
+
+    We answer only for SOP classes we accepted a context of (PS3.7 D.3.3.5).  Of the
+    C-FIND application information (PS3.4 C.5.1.1.1) we agree to relational queries
+    (byte 0) when asked and decline every other option (its byte 0), replying with as
+    many bytes as were proposed.  Other SOP classes' items are left unanswered, which
+    declines them.
+    """
+    relational: set[str] = set()
+    items = []
+    for sop_class, info in requested.items():
+        if sop_class not in FIND_SOP_CLASSES or sop_class not in accepted_syntaxes or not info:
+            continue
+        agreed = info[0] == 1
+        if agreed:
+            relational.add(sop_class)
+        item = SOPClassExtendedNegotiation()
+        item.sop_class_uid = UID(sop_class)
+        item.service_class_application_information = bytes([agreed]) + bytes(len(info) - 1)
+        items.append(item)
+    return relational, items

@@ -82,7 +82,8 @@ class FindOperation:
         try:
             query = FindQuery.from_identifier(self.context.abstract_syntax,
                                               decode_identifier(bytes(self._identifier), ts),
-                                              self._config.fuzzy_person_names)
+                                              self._config.fuzzy_person_names,
+                                              relational=self.context.relational_queries)
         except Exception as exc:  # InvalidQuery, or a bug: answer the peer either way
             status, comment = st.status_for_query_error(exc)
             if isinstance(exc, InvalidQuery):

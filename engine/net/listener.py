@@ -24,6 +24,7 @@ from engine.net.association import (
     AssociationMachine, CommandReceived, DatasetFragment, Established, PeerAborted, Rejected,
     ReleaseRequested, SendPDU, State)
 from engine.dicom.tags import CMD_MESSAGE_ID_BEING_RESPONDED_TO
+from engine.ingest.pipeline import Origin
 from engine.net.dimse import (
     C_CANCEL_RQ, C_ECHO_RQ, C_FIND_RQ, C_GET_RQ, C_MOVE_RQ, C_STORE_RQ, N_ACTION_RQ, Command)
 from engine.net.outbound import PeerGone, StoredDataset, send_message
@@ -67,6 +68,7 @@ class AssociationProtocol(asyncio.Protocol):
         self.last_activity = self.connected_at
         self.message_started_at: float | None = None
         self._calling_ae = ""
+        self._origin = Origin("")
         self._peer_max_pdu = 0
         #: Our outstanding request on this association (C-GET sub-operation) and its answer.
         self._response: asyncio.Future | None = None
@@ -167,6 +169,8 @@ class AssociationProtocol(asyncio.Protocol):
                 self._on_command(event)
             elif isinstance(event, Established):
                 self._calling_ae = event.negotiation.calling_ae_title
+                self._origin = Origin(event.negotiation.calling_ae_title,
+                                      event.negotiation.called_ae_title, self.peer_ip)
                 self._peer_max_pdu = event.negotiation.peer_max_pdu_length
                 log.info("%s established: calling %s called %s, %d contexts", self.id,
                          event.negotiation.calling_ae_title, event.negotiation.called_ae_title,
@@ -193,7 +197,7 @@ class AssociationProtocol(asyncio.Protocol):
         self.message_started_at = time.monotonic() if command.has_dataset else None
         services = self.listener.services
         if field == C_STORE_RQ and command.has_dataset:
-            self._operation = services.begin_store(event.context, command, self._calling_ae,
+            self._operation = services.begin_store(event.context, command, self._origin,
                                                    self.id)
         elif field == C_FIND_RQ and command.has_dataset:
             self._operation = services.begin_find(event.context, command, self.id)
@@ -246,11 +250,16 @@ class AssociationProtocol(asyncio.Protocol):
 
     async def _send_message(self, context_id: int, command_set: bytes,
                             dataset: bytes | None) -> None:
-        """Send a DIMSE message; waits while the transport's write buffer is full."""
-        self._send_command(context_id, command_set)
+        """Send a DIMSE message; waits while the transport's write buffer is full.
+
+        Command and dataset PDUs go to the transport in one call: a C-FIND sends
+        thousands of small messages, and one write per message is what they cost.
+        """
+        pdus = encode_p_data(context_id, True, command_set, self._peer_max_pdu)
         if dataset is not None:
-            for pdu in encode_p_data(context_id, False, dataset, self._peer_max_pdu):
-                self._send(pdu)
+            pdus += encode_p_data(context_id, False, dataset, self._peer_max_pdu)
+        if not self._closed and self.transport is not None:
+            self.transport.writelines(pdus)
         if not self._writable.is_set() and not self._closed:
             await self._writable.wait()
 

@@ -19,7 +19,7 @@ from typing import Awaitable, Callable, Protocol
 
 from pydicom.dataset import Dataset
 
-from engine.codec.transcode import choose_target, transcode_file
+from engine.codec.transcode import can_transcode, choose_target, transcode_file
 from engine.codec.workers import CodecWorkers
 from engine.config import RetrieveConfig
 from engine.dicom.tags import (
@@ -46,6 +46,9 @@ MAX_IDENTIFIER_LENGTH = 1 << 20
 _UNCOMPRESSED_LE = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 
 SendMessage = Callable[[int, bytes, bytes | None], Awaitable[None]]
+#: A modified copy to send: (function, extra args); the function runs in a codec worker
+#: as function(path, dataset_offset, stored_ts, target_ts, *extra) -> dataset bytes.
+CopyRecipe = tuple[Callable[..., bytes], tuple]
 
 
 class StoreChannel(Protocol):
@@ -81,40 +84,51 @@ def _is_warning(status: int) -> bool:
 
 
 async def send_instance(channel: StoreChannel, instance: StoredInstance, priority: int,
-                        originator: tuple[str, int] | None, codec: CodecWorkers) -> int:
+                        originator: tuple[str, int] | None, codec: CodecWorkers,
+                        prefer: str | None = None, copy: CopyRecipe | None = None,
+                        copy_uid: str | None = None) -> int:
     """One C-STORE sub-operation; returns the peer's status, or a failure of ours.
 
-    AssociationFailed propagates: the channel is gone, the remaining ones fail.
-    DatasetUnavailable propagates too (nothing was sent): the file may have been
-    replaced by the compression stage since the instance was resolved.
+    The stored bytes go as they are when the peer accepted their syntax (and no
+    `prefer`red syntax or modified `copy` is asked for); otherwise the dataset is
+    produced in a codec worker, in `prefer` when accepted, else the best syntax
+    the peer accepted (`copy_uid`: the SOP Instance UID of a modified copy, when it
+    differs from the stored one).  AssociationFailed propagates: the channel is gone, the
+    remaining ones fail.  DatasetUnavailable propagates too (nothing was sent):
+    the file may have been replaced by the compression stage since it was resolved.
     """
     syntaxes = channel.accepted_syntaxes(instance.sop_class_uid)
-    context_id = syntaxes.get(instance.transfer_syntax_uid)
+    stored = instance.transfer_syntax_uid
+    if prefer in syntaxes and (prefer == stored or can_transcode(stored, prefer)):
+        target = prefer
+    elif stored in syntaxes:
+        target = stored
+    else:
+        target = choose_target(stored, list(syntaxes))
+    if target is None:
+        log.info("no accepted presentation context can carry %s in %s",
+                 instance.sop_instance_uid, stored)
+        return st.FAILURE_SOP_CLASS_NOT_SUPPORTED
     dataset: bytes | StoredDataset
-    if context_id is not None:
+    if target == stored and copy is None:
         dataset = StoredDataset(instance.path, instance.dataset_offset, instance.dataset_length)
     else:
-        target = choose_target(instance.transfer_syntax_uid, list(syntaxes))
-        if target is None:
-            log.info("no accepted presentation context can carry %s in %s",
-                     instance.sop_instance_uid, instance.transfer_syntax_uid)
-            return st.FAILURE_SOP_CLASS_NOT_SUPPORTED
+        function, extra = copy if copy is not None else (transcode_file, ())
         try:
             dataset = await asyncio.to_thread(
-                codec.run, transcode_file, instance.path, instance.dataset_offset,
-                instance.transfer_syntax_uid, target)
+                codec.run, function, instance.path, instance.dataset_offset, stored, target,
+                *extra)
         except (EngineError, OSError) as exc:
-            log.warning("cannot transcode %s from %s to %s: %s", instance.sop_instance_uid,
-                        instance.transfer_syntax_uid, target, exc)
+            log.warning("cannot prepare %s in %s: %s", instance.sop_instance_uid, target, exc)
             return st.FAILURE_PROCESSING
-        context_id = syntaxes[target]
+    context_id = syntaxes[target]
     values: dict[int, int | str] = {
         CMD_AFFECTED_SOP_CLASS_UID: instance.sop_class_uid,
         CMD_COMMAND_FIELD: C_STORE_RQ,
         CMD_MESSAGE_ID: channel.next_message_id(),
         CMD_PRIORITY: priority,
         CMD_DATA_SET_TYPE: 0x0000,
-        CMD_AFFECTED_SOP_INSTANCE_UID: instance.sop_instance_uid,
+        CMD_AFFECTED_SOP_INSTANCE_UID: copy_uid or instance.sop_instance_uid,
     }
     if originator is not None:
         values[CMD_MOVE_ORIGINATOR_AE_TITLE] = originator[0]
@@ -124,12 +138,14 @@ async def send_instance(channel: StoreChannel, instance: StoredInstance, priorit
     return st.FAILURE_PROCESSING if status is None else status
 
 
-def proposed_contexts(instances: list[StoredInstance]) -> list[list[ProposedContext]]:
+def proposed_contexts(instances: list[StoredInstance], extra: tuple[str, ...] = ()
+                      ) -> list[list[ProposedContext]]:
     """Presentation contexts for sending `instances`, in groups of at most 128.
 
     Per SOP class: one context per stored transfer syntax (so a peer that
-    accepts it gets the bytes as stored), plus one of the uncompressed little
-    endian syntaxes as a fallback for transcoding.  One group per association.
+    accepts it gets the bytes as stored) and per `extra` syntax asked for, plus
+    one of the uncompressed little endian syntaxes as a fallback for
+    transcoding.  One group per association.
     """
     by_class: dict[str, dict[str, None]] = {}
     for instance in instances:
@@ -137,6 +153,7 @@ def proposed_contexts(instances: list[StoredInstance]) -> list[list[ProposedCont
     groups: list[list[ProposedContext]] = [[]]
     for sop_class, syntaxes in by_class.items():
         contexts = [ProposedContext(sop_class, (ts,)) for ts in syntaxes]
+        contexts += [ProposedContext(sop_class, (ts,)) for ts in extra if ts not in syntaxes]
         if any(ts not in _UNCOMPRESSED_LE for ts in syntaxes):
             contexts.append(ProposedContext(sop_class, _UNCOMPRESSED_LE))
         if len(groups[-1]) + len(contexts) > MAX_PRESENTATION_CONTEXTS:
@@ -361,5 +378,5 @@ class GetOperation(RetrieveOperation):
             await self._final(send)
 
 
-__all__ = ["GetOperation", "MoveOperation", "RetrieveOperation", "StoreChannel",
+__all__ = ["CopyRecipe", "GetOperation", "MoveOperation", "RetrieveOperation", "StoreChannel",
            "proposed_contexts", "send_instance"]

@@ -12,7 +12,7 @@ from engine.dicom.uids import VERIFICATION_SOP_CLASS, is_valid_uid
 from engine.codec.workers import CodecWorkers
 from engine.config import QueryConfig, RetrieveConfig
 from engine.errors import EngineError
-from engine.ingest.pipeline import IngestPipeline, InstanceReceiver
+from engine.ingest.pipeline import IngestPipeline, InstanceReceiver, Origin
 from engine.net import status as st
 from engine.net.acse import AcceptedContext
 from engine.net.dimse import (
@@ -117,7 +117,7 @@ class ServiceProvider:
     def echo(self, command: Command) -> bytes:
         return encode_response(C_ECHO_RSP, command, st.SUCCESS)
 
-    def begin_store(self, context: AcceptedContext, command: Command, calling_ae_title: str,
+    def begin_store(self, context: AcceptedContext, command: Command, origin: Origin,
                     assoc_id: str) -> StoreOperation:
         sop_class = command.text(CMD_AFFECTED_SOP_CLASS_UID) or ""
         sop_instance = command.text(CMD_AFFECTED_SOP_INSTANCE_UID) or ""
@@ -131,7 +131,7 @@ class ServiceProvider:
         if refusal is None:
             try:
                 receiver = self.pipeline.begin(sop_class, sop_instance, context.transfer_syntax,
-                                               calling_ae_title)
+                                               origin.calling_ae_title, origin)
             except EngineError as exc:
                 refusal = st.status_for_error(exc)
         if refusal is not None:

@@ -1,12 +1,14 @@
-"""C-FIND execution against the index (PS3.4 C.4.1), hierarchical queries.
+"""C-FIND execution against the index (PS3.4 C.4.1): hierarchical queries, and
+relational ones where SOP Class Extended Negotiation agreed to them.
 
 `FindQuery.from_identifier()` validates a request identifier.  The executor
 runs a query in one read transaction of the index (one consistent snapshot):
 candidates come from direct lookups when the level's unique key is given
 (single UID or UID list), else from the study-level secondary indexes
 (engine.query.plan), else from a scan of the level; every other key filters
-records decoded from LMDB.  Attributes the index does not hold are read from
-one stored file of the match, and only when the request asks for them.
+records decoded from LMDB.  Attributes the index does not hold, sequences
+included (engine.query.sequence), are read from one stored file of the match,
+and only when the request asks for them, after the indexed keys have matched.
 
 `run_encoded()` yields each response already encoded (the SCP's path, no
 pydicom objects per match); `run()` yields pydicom Datasets (`pacs find`).
@@ -18,7 +20,7 @@ from io import BytesIO
 from typing import Iterator
 
 import pydicom
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 
@@ -32,6 +34,7 @@ from engine.query.model import (
     level_index)
 from engine.query.plan import family_name_lookups, plan_study_uids
 from engine.query.response import ResponseEncoder, response_dataset
+from engine.query.sequence import SequenceKey, compile_sequence_key, element_text
 from engine.store.blob_store import BlobNotFound, FilesystemBlobStore
 
 
@@ -45,11 +48,50 @@ class LevelNotInModel(InvalidQuery):
 _SKIP = {0x00080005, 0x00080052}  # Specific Character Set, Query/Retrieve Level
 
 
+_CHARSET_VRS = frozenset({"PN", "LO", "SH", "LT", "ST", "UT", "UC"})
+
+
+def _undeclared_utf8(ds: Dataset) -> bool:
+    """Whether an identifier without Specific Character Set carries UTF-8 text.
+
+    Outside the standard (the default repertoire is ASCII), but SCUs on UTF-8
+    systems send it (``findscu -k PatientName=Müller*``), and read as pydicom's
+    default (Latin-1) it would match nothing.  Non-ASCII text that is all valid
+    UTF-8 is almost never meant as Latin-1; anything else keeps the default.
+    """
+    found = False
+    for tag in ds.keys():
+        raw = ds.get_item(tag)
+        value = raw.value
+        if not isinstance(value, bytes) or value.isascii():
+            continue
+        vr = raw.VR
+        if vr is None:  # implicit VR
+            try:
+                vr = dictionary_VR(tag)
+            except KeyError:
+                continue
+        if vr in _CHARSET_VRS:
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                return False
+            found = True
+    return found
+
+
 def decode_identifier(data: bytes, transfer_syntax_uid: str) -> Dataset:
-    """Parse the request identifier (a small dataset) with pydicom."""
+    """Parse the request identifier (a small dataset) with pydicom; text is decoded
+    with its Specific Character Set (UTF-8 when undeclared but evidently UTF-8)."""
     enc = transfer_syntax_encoding(transfer_syntax_uid)
     try:
         ds = read_dataset(BytesIO(data), not enc.explicit_vr, enc.little_endian)
+        if "SpecificCharacterSet" not in ds and _undeclared_utf8(ds):
+            # Read again behind a declaration, so nested items are decoded as UTF-8 too.
+            declared = Dataset()
+            declared.SpecificCharacterSet = "ISO_IR 192"
+            data = encode_with_pydicom(declared, enc.explicit_vr, enc.little_endian) + data
+            ds = read_dataset(BytesIO(data), not enc.explicit_vr, enc.little_endian)
         for element in ds:  # force decoding now so errors surface here
             element.value
     except Exception as exc:
@@ -62,18 +104,6 @@ def encode_identifier(ds: Dataset, transfer_syntax_uid: str) -> bytes:
     return encode_with_pydicom(ds, enc.explicit_vr, enc.little_endian)
 
 
-def element_text(element) -> str:
-    """An element's value as text, multiple values joined by backslash (as on the wire)."""
-    value = element.value
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
-        return "\\".join(str(v) for v in value)
-    if isinstance(value, bytes):
-        return value.decode("ascii", "replace").strip(" \x00")
-    return str(value)
-
-
 @dataclass
 class RequestedKey:
     tag: int
@@ -84,6 +114,8 @@ class RequestedKey:
     matcher: object = None  # compiled matcher or None (universal)
     #: Where an indexed attribute comes from (engine.query.model), None otherwise.
     attr: QueryAttribute | None = None
+    #: The compiled sequence key of an SQ key (engine.query.sequence), None otherwise.
+    sequence: SequenceKey | None = None
 
 
 @dataclass
@@ -97,14 +129,20 @@ class FindQuery:
     needs_patient: bool = True
     #: PN keys match case- and accent-insensitively (the planner must know).
     fuzzy_person_names: bool = False
+    #: Relational queries (PS3.4 C.4.1.2.2.2): keys of any level above the query level
+    #: match, and no unique key above it is required.
+    relational: bool = False
 
     @classmethod
-    def from_identifier(cls, model: str, ds: Dataset, fuzzy_person_names: bool) -> "FindQuery":
+    def from_identifier(cls, model: str, ds: Dataset, fuzzy_person_names: bool,
+                        relational: bool = False) -> "FindQuery":
+        """Validate and compile a request identifier; `relational` only where SOP Class
+        Extended Negotiation agreed to relational queries for the model."""
         level = str(ds.get("QueryRetrieveLevel", "")).strip().upper()
         allowed = LEVELS if model == PATIENT_ROOT_FIND else LEVELS[1:]
         if level not in allowed:
             raise LevelNotInModel(f"Query/Retrieve Level {level!r} not valid for this model")
-        query = cls(model, level, fuzzy_person_names=fuzzy_person_names)
+        query = cls(model, level, fuzzy_person_names=fuzzy_person_names, relational=relational)
         date = ds["StudyDate"] if "StudyDate" in ds else None
         time = ds["StudyTime"] if "StudyTime" in ds else None
         combined = (date is not None and time is not None
@@ -124,8 +162,13 @@ class FindQuery:
                 continue
             keyword = element.keyword or ""
             if element.VR == "SQ":
-                # Sequence matching is not supported yet: returned empty, never matched.
-                query.keys.append(RequestedKey(int(element.tag), keyword, "SQ", "", False))
+                try:
+                    sequence = compile_sequence_key(element, fuzzy_person_names)
+                except MatchError as exc:
+                    raise InvalidQuery(f"invalid sequence key {keyword or element.tag}: "
+                                       f"{exc}") from exc
+                query.keys.append(RequestedKey(int(element.tag), keyword, "SQ", "", False,
+                                               sequence=sequence))
                 continue
             text = element_text(element)
             attr = BY_KEYWORD.get(keyword)
@@ -139,10 +182,11 @@ class FindQuery:
             if attr is not None and attr.level != level and key.matcher is not None:
                 if level_index(query._model_level(attr.level)) > level_index(level):
                     key.matcher = None  # below the query level: returned empty, not matched
-                else:
+                elif not relational:
                     query._check_ancestor_key(attr, key)
             query.keys.append(key)
-        query._require_unique_keys_above(ds)
+        if not relational:
+            query._require_unique_keys_above(ds)
         unique = UNIQUE_KEY[level]
         if query.key(unique) is None:  # always return the level's unique key
             attr = BY_KEYWORD[unique]
@@ -202,7 +246,7 @@ class FindExecutor:
         for values in self.run_values(query):
             yield encoder.encode(values)
 
-    def run_values(self, query: FindQuery) -> Iterator[list[str]]:
+    def run_values(self, query: FindQuery) -> Iterator[list]:
         """The value of every key of `query.keys` (same order) for each match.
 
         The whole query runs in one read transaction, opened on the first
@@ -258,9 +302,24 @@ class FindExecutor:
                 if patient is not None:
                     yield study.patient_key, patient
 
-    def _studies(self, ix: IndexSnapshot, query: FindQuery) -> Iterator[Candidate]:
+    def _study_uids(self, ix: IndexSnapshot, query: FindQuery) -> list[str] | None:
+        """Candidate studies: the StudyInstanceUID values, else (a relational query naming
+        series or instances without their study) the studies of those records, else
+        the plan's; None to scan every study."""
         uids = self._values(query, "StudyInstanceUID")
-        if query.model == PATIENT_ROOT_FIND:
+        if uids is not None:
+            return uids
+        for keyword, record_of in (("SeriesInstanceUID", ix.series),
+                                   ("SOPInstanceUID", ix.instance)):
+            wanted = self._values(query, keyword)  # None below the query level
+            if wanted is not None:
+                records = (record_of(uid) for uid in wanted)
+                return list(dict.fromkeys(r.study_instance_uid for r in records if r is not None))
+        return plan_study_uids(ix, self._constraints(query), query.fuzzy_person_names)
+
+    def _studies(self, ix: IndexSnapshot, query: FindQuery) -> Iterator[Candidate]:
+        if query.model == PATIENT_ROOT_FIND and self._exact(query, "PatientID") is not None:
+            uids = self._values(query, "StudyInstanceUID")
             for pkey, patient in self._patients(ix, query):
                 for study_uid in ix.studies_of_patient(pkey):
                     if uids is not None and study_uid not in uids:
@@ -269,8 +328,9 @@ class FindExecutor:
                     if study is not None:
                         yield Candidate(patient, study, None, None, study_uid)
             return
-        if uids is None:
-            uids = plan_study_uids(ix, self._constraints(query), query.fuzzy_person_names)
+        # Otherwise both models start from the studies (a relational Patient Root query
+        # may leave PatientID out), each study bringing its patient record.
+        uids = self._study_uids(ix, query)
         if uids is not None:
             pairs = ((u, ix.study(u)) for u in uids)
         else:
@@ -343,27 +403,32 @@ class FindExecutor:
             return None
 
     # -- matching ----------------------------------------------------------------------
-    def _matches(self, ix: IndexSnapshot, query: FindQuery) -> Iterator[list[str]]:
+    def _matches(self, ix: IndexSnapshot, query: FindQuery) -> Iterator[list]:
+        """The values of each match, in query.keys order: text, or for an SQ key the
+        list of response items (engine.query.sequence)."""
         level = level_index(query.level)
-        steps = []  # (how to read the value, reader, matcher), in query.keys order
-        for key in query.keys:
+        steps = []  # (position, how to read the value, reader, matcher)
+        for at, key in enumerate(query.keys):
             if key.vr == "SQ":
-                steps.append((_EMPTY, None, None))
+                steps.append((at, _SEQUENCE, key.sequence, None))
             elif not key.indexed:
-                steps.append((_FROM_FILE, key.tag, key.matcher))
+                steps.append((at, _FROM_FILE, key.tag, key.matcher))
             elif level_index(key.attr.level) > level:
                 # Below the query level: returned empty (matchers were dropped).
-                steps.append((_EMPTY, None, key.matcher))
+                steps.append((at, _EMPTY, None, key.matcher))
             else:
-                steps.append((_RECORD, key.attr.read, key.matcher))
+                steps.append((at, _RECORD, key.attr.read, key.matcher))
+        # Record values first: a candidate they reject costs no file read.
+        steps.sort(key=lambda step: step[1] in (_FROM_FILE, _SEQUENCE))
         instant = query.study_instant
         if instant is not None:
             keywords = [k.keyword for k in query.keys]
             date_at, time_at = keywords.index("StudyDate"), keywords.index("StudyTime")
+        size = len(steps)
         for match in self._candidates(ix, query):
-            values: list[str] = []
+            values: list = [""] * size
             file_ds = _NOT_LOADED
-            for how, read, matcher in steps:
+            for at, how, read, matcher in steps:
                 if how is _RECORD:
                     try:
                         value = read(match)
@@ -374,17 +439,24 @@ class FindExecutor:
                 else:
                     if file_ds is _NOT_LOADED:
                         file_ds = self._representative_file(ix, match)
+                    if how is _SEQUENCE:
+                        value = read.select(file_ds.get(read.tag) if file_ds is not None
+                                            else None)
+                        if value is None:
+                            break
+                        values[at] = value
+                        continue
                     element = file_ds.get(read) if file_ds is not None else None
                     value = element_text(element) if element is not None else ""
                 if matcher is not None and not matcher(value):
                     break
-                values.append(value)
+                values[at] = value
             else:
                 if instant is None or instant(values[date_at], values[time_at]):
                     yield values
 
 
-_RECORD, _EMPTY, _FROM_FILE = "record", "empty", "file"
+_RECORD, _EMPTY, _FROM_FILE, _SEQUENCE = "record", "empty", "file", "sequence"
 _NOT_LOADED = object()
 _PATIENTS_KEPT = 16384  # patient records a query keeps decoded (bounded memory)
 

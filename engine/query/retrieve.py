@@ -105,7 +105,8 @@ class RetrieveResolver:
                 uids.append(uid)
         return uids
 
-    def _stored(self, uid: str) -> StoredInstance | None:
+    def stored(self, uid: str) -> StoredInstance | None:
+        """The instance as the index has it now, or None."""
         record = self.reader.instance(uid)
         if record is None:
             return None  # deleted since the walk
@@ -114,12 +115,12 @@ class RetrieveResolver:
                               record.size - record.dataset_offset)
 
     def resolve(self, request: RetrieveRequest) -> list[StoredInstance]:
-        found = (self._stored(uid) for uid in dict.fromkeys(self._sop_uids(request)))
+        found = (self.stored(uid) for uid in dict.fromkeys(self._sop_uids(request)))
         return [instance for instance in found if instance is not None]
 
     def refresh(self, instance: StoredInstance) -> StoredInstance | None:
         """The instance as the index has it now (its file may have been re-stored)."""
-        return self._stored(instance.sop_instance_uid)
+        return self.stored(instance.sop_instance_uid)
 
 
 __all__ = ["RetrieveRequest", "RetrieveResolver", "StoredInstance"]

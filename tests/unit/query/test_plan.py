@@ -173,3 +173,38 @@ def test_a_planned_query_reads_few_studies(archive):
         total = sum(1 for _ in ix.iter_studies())
     assert 0 < len(candidates) < total / 3
     assert len(list(archive.run_values(query))) <= len(candidates)
+
+
+@settings(max_examples=200)
+@given(name=name_keys, date=date_keys, modality=modality_keys, fuzzy=st.booleans(),
+       level=st.sampled_from(["SERIES", "IMAGE"]),
+       model=st.sampled_from([STUDY_ROOT_FIND, PATIENT_ROOT_FIND]),
+       intersect_always=st.booleans(), accession=accession_keys)
+def test_relational_lower_level_plans_find_what_a_scan_finds(archive, name, date, modality,
+                                                             fuzzy, level, model,
+                                                             intersect_always, accession):
+    """No unique key above the level: candidates come from the study-level indexes."""
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    ds.PatientName = name
+    ds.AccessionNumber = accession
+    ds.StudyDate = date
+    ds.Modality = modality
+    ds.SeriesInstanceUID = ""
+    try:
+        query = FindQuery.from_identifier(model, ds, fuzzy, relational=True)
+    except InvalidQuery:
+        reject()
+    assert _answers(archive, query, True, intersect_always) == _answers(archive, query, False)
+
+
+def test_a_relational_query_by_series_uid_reads_only_that_study(archive):
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "SERIES"
+    ds.SeriesInstanceUID = "1.2.3.7.1"
+    ds.StudyInstanceUID = ""
+    query = FindQuery.from_identifier(STUDY_ROOT_FIND, ds, False, relational=True)
+    with archive.reader.snapshot() as ix:
+        assert ix.series("1.2.3.7.1") is not None
+        assert archive._study_uids(ix, query) == ["1.2.3.7"]
+    assert [tuple(v) for v in archive.run_values(query)] == [("1.2.3.7", "1.2.3.7.1")]

@@ -102,3 +102,22 @@ def test_an_explicit_vr_value_longer_than_64k_is_written_as_un_like_pydicom():
     values = ["x" * 70_000]
     expected = encode_identifier(response_dataset(query, values), EXPLICIT_LE)
     assert ResponseEncoder(query, explicit_vr=True).encode(values) == expected
+
+
+def test_a_response_with_sequence_items_is_encoded_by_pydicom_in_utf8_when_needed():
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+
+    query = FindQuery(STUDY_ROOT_FIND, "STUDY", [
+        RequestedKey(0x00080050, "AccessionNumber", "SH", "", False),
+        RequestedKey(0x00081032, "ProcedureCodeSequence", "SQ", "", False)])
+    code = Dataset()
+    code.CodeValue = "CTHEAD"
+    code.CodeMeaning = "CT Schädel"
+    encoded = ResponseEncoder(query, explicit_vr=True).encode(["A1", [code]])
+    assert encoded == encode_identifier(response_dataset(query, ["A1", [code]]), EXPLICIT_LE)
+    decoded = read_dataset(DicomBytesIO(encoded), False, True)
+    assert decoded.SpecificCharacterSet == "ISO_IR 192"
+    assert decoded.ProcedureCodeSequence[0].CodeMeaning == "CT Schädel"
+    assert "CT Schädel".encode() in encoded
