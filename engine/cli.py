@@ -159,6 +159,52 @@ def cmd_queue(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_route(args: argparse.Namespace) -> int:
+    """Evaluate the routing rules against stored instances; moves nothing."""
+    import pydicom
+
+    from engine.ingest.pipeline import Origin
+    from engine.query.sequence import element_text
+    from engine.routing.router import RuleRouter
+
+    config = _config_from_args(args)
+    if not config.routing.rules:
+        print("no [[routing.rules]] in the configuration: nothing would be forwarded")
+        return 0
+    router = RuleRouter(config.routing.rules, lambda names: None)
+    since = (args.since or "").replace("-", "")
+    store, db, reader = _open_readonly(config)
+    counts: dict[str, int] = {}
+    evaluated = printed = 0
+    try:
+        for uid, record in reader.iter_instances():
+            if since and record.received_at[:10].replace("-", "") < since:
+                continue
+            try:  # every attribute a rule may name, not only the indexed ones
+                ds = pydicom.dcmread(store.path_of(record.content_hash), stop_before_pixels=True)
+            except (OSError, pydicom.errors.InvalidDicomError) as exc:
+                print(f"UNREADABLE {uid}: {exc}", file=sys.stderr)
+                continue
+            attributes = {el.keyword: element_text(el) for el in ds
+                          if el.keyword and el.VR not in ("SQ", "OB", "OW", "UN")}
+            orders = router.route(Origin(record.calling_ae_title), record.sop_class_uid,
+                                  attributes)
+            evaluated += 1
+            for order in orders:
+                counts[order.destination] = counts.get(order.destination, 0) + 1
+            if orders and printed < args.limit:
+                printed += 1
+                print(f"{uid}  " + ", ".join(f"{o.destination} (rule {o.rule}, {o.trigger})"
+                                             for o in orders))
+    finally:
+        db.close()
+    print(f"{evaluated} instance(s) evaluated; calling AE from the index, called AE and "
+          "source IP unknown (empty)")
+    for name in sorted(config.routing.destinations):
+        print(f"  {name:<16} {counts.get(name, 0)} instance(s)")
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from engine.ingest.integrity import verify_archive
 
@@ -270,6 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
     queue.add_argument("--all", action="store_true",
                        help="drop: also jobs still pending (default: dead ones only)")
     queue.set_defaults(func=cmd_queue)
+
+    route = sub.add_parser("route", help="which stored instances the rules would send where")
+    common(route)
+    route.add_argument("--dry-run", action="store_true", required=True,
+                       help="evaluate only (the rules never move anything from here)")
+    route.add_argument("--since", help="only instances received on or after YYYY-MM-DD")
+    route.add_argument("--limit", type=int, default=1000, help="print at most this many")
+    route.set_defaults(func=cmd_route)
 
     find = sub.add_parser("find", help="query the index with C-FIND matching rules")
     common(find)

@@ -20,6 +20,8 @@ Sub-databases (keys are UTF-8):
     compress_queue    SOPInstanceUID                       -> b""     } compression stage
     compress_failures SOPInstanceUID                       -> reason  } (compression_state.py)
     forward_jobs      destination NUL job id               -> job     } router queue
+    forward_pending   SOPInstanceUID                       -> count   } and store-and-
+    forward_done      SOPInstanceUID                       -> time    } forward state
     study_activity    StudyInstanceUID                     -> time    } (forward_queue.py)
 
 Every update of a record and of the keys that point to it happens in one write
@@ -49,7 +51,7 @@ SCHEMA_VERSION = b"3"
 UPGRADABLE_VERSIONS = (b"1", b"2")
 _DUPSORT = ("patient_studies", "study_series", "series_instances", *secondary.TABLES)
 _PLAIN = ("patients", "studies", "series", "instances", "blobs", "conflicts", "meta",
-          "compress_queue", "compress_failures", "forward_jobs", "study_activity")
+          "compress_queue", "compress_failures", "forward_jobs", "forward_pending", "forward_done", "study_activity")
 
 
 class IndexSchemaError(EngineError):
@@ -68,6 +70,8 @@ class Tables:
     compress_queue: object
     compress_failures: object
     forward_jobs: object
+    forward_pending: object
+    forward_done: object
     study_activity: object
     patient_studies: object
     study_series: object

@@ -1,6 +1,8 @@
 """The router's durable forward queue, in the index.
 
     forward_jobs     destination NUL job id (8 bytes, big endian) -> job (JSON)
+    forward_pending  SOPInstanceUID -> jobs left for it
+    forward_done     SOPInstanceUID -> epoch seconds its last forward was delivered
     study_activity   StudyInstanceUID -> epoch seconds of its latest instance
     meta  forward_next_id
 
@@ -9,7 +11,10 @@ so an instance whose C-STORE was acknowledged will be forwarded even if the
 server is killed a moment later.  Keys sort by destination, then by arrival:
 each destination's workers read their own jobs in order.  A job stays until it
 is delivered (deleted) or dropped by an administrator; after too many attempts
-or too long it turns "dead" and waits for `pacs queue retry`.
+or too long it turns "dead" and waits for `pacs queue retry`.  In
+store-and-forward mode an instance whose every forward was delivered is listed
+in forward_done, and removed from the archive once its retention has passed;
+an instance with any job left (pending, dead, or dropped) is never removed.
 """
 from __future__ import annotations
 
@@ -108,11 +113,26 @@ def add_jobs(txn, tables, sop_uid: str, study_uid: str, series_uid: str,
         txn.put(job.key, job.encode(), db=tables.forward_jobs)
         next_id += 1
     txn.put(_NEXT_ID, str(next_id).encode(), db=tables.meta)
+    _count(txn, tables, sop_uid, len(orders))
+    txn.delete(sop_uid.encode(), db=tables.forward_done)  # re-sent: not done any more
     txn.put(study_uid.encode(), repr(now).encode(), db=tables.study_activity)
 
 
-def delivered(txn, tables, job: ForwardJob) -> None:
-    txn.delete(job.key, db=tables.forward_jobs)
+def _count(txn, tables, sop_uid: str, delta: int) -> int:
+    key = sop_uid.encode()
+    raw = txn.get(key, db=tables.forward_pending)
+    left = (int(raw) if raw is not None else 0) + delta
+    if left > 0:
+        txn.put(key, str(left).encode(), db=tables.forward_pending)
+    else:
+        txn.delete(key, db=tables.forward_pending)
+    return left
+
+
+def delivered(txn, tables, job: ForwardJob, now: float) -> None:
+    if txn.delete(job.key, db=tables.forward_jobs) and \
+            _count(txn, tables, job.sop_instance_uid, -1) <= 0:
+        txn.put(job.sop_instance_uid.encode(), repr(now).encode(), db=tables.forward_done)
 
 
 def failed(txn, tables, job: ForwardJob, status: int | None, error: str, now: float,
@@ -156,9 +176,28 @@ def drop(txn, tables, destination: str | None, study_uid: str | None,
          dead_only: bool) -> int:
     jobs = [j for j in _select(txn, tables, destination, study_uid)
             if j.state == "dead" or not dead_only]
-    for job in jobs:
+    for job in jobs:  # a dropped forward never counts as delivered: the instance stays
         txn.delete(job.key, db=tables.forward_jobs)
+        _count(txn, tables, job.sop_instance_uid, -1)
     return len(jobs)
+
+
+def expired(txn, tables, before: float, limit: int) -> list[str]:
+    """Instances delivered everywhere before `before` (store-and-forward removal)."""
+    found = []
+    with txn.cursor(db=tables.forward_done) as cur:
+        for key, value in cur:
+            if float(bytes(value)) < before:
+                found.append(bytes(key).decode())
+                if len(found) >= limit:
+                    break
+    return found
+
+
+def forget_done(txn, tables, sop_uid: str) -> bool:
+    """Take an instance off forward_done; False if it has jobs again (keep it)."""
+    txn.delete(sop_uid.encode(), db=tables.forward_done)
+    return txn.get(sop_uid.encode(), db=tables.forward_pending) is None
 
 
 # -- reads --------------------------------------------------------------------------
@@ -204,11 +243,6 @@ def summary(txn, tables) -> dict[str, DestinationSummary]:
     return result
 
 
-def pending_instances(txn, tables) -> set[str]:
-    """SOP Instance UIDs with any job left (store-and-forward must keep them)."""
-    return {job.sop_instance_uid for job in _select(txn, tables, None, None)}
-
-
 __all__ = ["DestinationSummary", "ForwardJob", "ForwardOrder", "RetryPolicy", "add_jobs",
-           "delivered", "drop", "due", "failed", "job_key", "pending_instances", "retry",
-           "summary"]
+           "delivered", "drop", "due", "expired", "failed", "forget_done", "job_key",
+           "retry", "summary"]

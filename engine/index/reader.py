@@ -297,6 +297,9 @@ class IndexReader:
     def forward_summary(self) -> dict[str, forward_queue.DestinationSummary]:
         return self._state(forward_queue.summary)
 
+    def forward_expired(self, before: float, limit: int) -> list[str]:
+        return self._state(forward_queue.expired, before, limit)
+
     def instances_after(self, sop_instance_uid: str, limit: int
                         ) -> list[tuple[str, InstanceRecord]]:
         """Up to `limit` instances with UIDs after `sop_instance_uid`, in UID order."""

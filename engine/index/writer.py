@@ -94,8 +94,28 @@ class IndexTransaction:
                                               modality)
 
     # -- the router's forward queue (see forward_queue.py) ----------------------------
-    def forward_delivered(self, job: forward_queue.ForwardJob) -> None:
-        forward_queue.delivered(self.txn, self.t, job)
+    def forward_delivered(self, job: forward_queue.ForwardJob, now: float) -> None:
+        forward_queue.delivered(self.txn, self.t, job, now)
+
+    def forward_expire(self, sop_uid: str) -> str | None:
+        """Store-and-forward: remove a delivered instance; returns its file's address
+        when nothing references the file any more (the caller removes it)."""
+        if not forward_queue.forget_done(self.txn, self.t, sop_uid):
+            return None  # forwarded again since: keep it
+        return self.delete_instance(sop_uid)
+
+    def delete_instance(self, sop_uid: str) -> str | None:
+        """Remove an instance from the index; its address if its file is now unreferenced."""
+        record = self._get(self.t.instances, sop_uid, InstanceRecord)
+        if record is None:
+            return None
+        self._remove_from_hierarchy(sop_uid, record)
+        self.txn.delete(_k(sop_uid), db=self.t.instances)
+        compression_state.dequeue(self.txn, self.t, sop_uid)
+        self.add_blob_reference(record.content_hash, record.size, -1)
+        if self.txn.get(_k(record.content_hash), db=self.t.blobs) is None:
+            return record.content_hash
+        return None
 
     def forward_failed(self, job: forward_queue.ForwardJob, status: int | None, error: str,
                        now: float, policy: forward_queue.RetryPolicy

@@ -56,7 +56,7 @@ class Forwarder:
                  writer: GroupCommitWriter, resolver: RetrieveResolver, codec: CodecWorkers,
                  policy: RetryPolicy, our_ae_title: str, max_pdu_length: int,
                  connect_timeout: float, response_timeout: float,
-                 deidentify_secret: str) -> None:
+                 deidentify_secret: str, retention: float = 0.0) -> None:
         self.destinations = destinations
         self.reader = reader
         self.writer = writer
@@ -69,6 +69,8 @@ class Forwarder:
         self.response_timeout = response_timeout
         #: Keys the UID remapping of de-identified copies (stable across restarts).
         self.deidentify_secret = deidentify_secret
+        #: Store-and-forward: seconds a delivered instance stays (0 = archive mode).
+        self.retention = retention
         self._wake = {name: asyncio.Event() for name in destinations}
         self._in_flight: dict[str, set[int]] = {name: set() for name in destinations}
         self._tasks: list[asyncio.Task] = []
@@ -76,6 +78,8 @@ class Forwarder:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.retention > 0:
+            self._tasks.append(loop.create_task(self._expire(), name="forward-retention"))
         for name, destination in self.destinations.items():
             slots = destination.max_associations if isinstance(destination,
                                                                 DicomDestination) else 1
@@ -95,6 +99,22 @@ class Forwarder:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=10)
+
+    async def _expire(self) -> None:
+        """Store-and-forward: remove instances delivered everywhere `retention` s ago."""
+        store = self.resolver.store
+        while not self._stopping:
+            uids = await asyncio.to_thread(self.reader.forward_expired,
+                                           time.time() - self.retention, 500)
+            for uid in uids:
+                address = await asyncio.to_thread(
+                    self.writer.run_job, lambda tx, uid=uid: tx.forward_expire(uid))
+                if isinstance(address, str):
+                    await asyncio.to_thread(store.remove, address)
+            if uids:
+                log.info("store-and-forward: removed %d delivered instance(s)", len(uids))
+            if len(uids) < 500:
+                await asyncio.sleep(min(60.0, self.retention / 4 + 0.1))
 
     # -- a worker ---------------------------------------------------------------------
     def copy_recipe(self, job: ForwardJob) -> CopyRecipe | None:
@@ -223,9 +243,11 @@ class Forwarder:
     # -- outcomes -----------------------------------------------------------------------
     async def _record_delivered(self, jobs: list[ForwardJob]) -> None:
         if jobs:
+            now = time.time()
+
             def delete(tx):
                 for job in jobs:
-                    tx.forward_delivered(job)
+                    tx.forward_delivered(job, now)
             await asyncio.to_thread(self.writer.run_job, delete)
 
     async def _record_failures(self, jobs: list[ForwardJob], status: int | None,

@@ -231,3 +231,63 @@ def test_deidentified_copy_to_a_dicom_peer(tmp_path):
         assert uid not in {ds.SOPInstanceUID for ds in study}
         assert copy.PatientID == "PSEUDO-7" and copy.PatientName != "DOE^JANE"
         assert copy.PixelData == study[0].PixelData or copy.PixelData == study[1].PixelData
+
+
+def test_route_dry_run_lists_where_stored_instances_would_go(tmp_path):
+    data_dir = tmp_path / "data"
+    mapping = routing_config(data_dir, {"CT": peer("CTPEER", free_port())},
+                             [{"name": "ct-only", "when": {"Modality": "CT"},
+                               "forward": ["CT"]}])
+    running = ServerThread(config_from_mapping({**mapping, "routing": {}})).start()
+    ct = generate_study(79, profile="tiny", series=1, instances_per_series=2)
+    mr = generate_study(80, profile="mr", series=1, instances_per_series=1)
+    try:
+        fill(running.port, ct + mr)  # stored while routing was off
+    finally:
+        running.stop()
+    config_file = tmp_path / "route.toml"
+    config_file.write_text(
+        f'[storage]\ndata_dir = "{data_dir}"\n[[routing.rules]]\nname = "ct-only"\n'
+        f'when = {{ Modality = "CT" }}\nforward = ["CT"]\n'
+        f'[routing.destinations.CT]\ntype = "dicom"\nae_title = "CTPEER"\n'
+        f'host = "{LOOPBACK}"\nport = 104\n')
+    out = subprocess.run([sys.executable, "-m", "engine", "route", "--dry-run", "--config",
+                          str(config_file)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    listed = {line.split()[0] for line in out.stdout.splitlines() if "(rule ct-only" in line}
+    assert listed == {ds.SOPInstanceUID for ds in ct}
+    assert "CT               2 instance(s)" in out.stdout
+
+
+def test_store_and_forward_removes_only_what_was_delivered(tmp_path):
+    up = StorageSCP("UP")
+    config = config_from_mapping(routing_config(
+        tmp_path / "data", {"UP": peer("UP", up.port), "DOWN": peer("DOWN", free_port())},
+        [{"name": "ct", "when": {"Modality": "CT"}, "forward": ["UP"]},
+         {"name": "mr", "when": {"Modality": "MR"}, "forward": ["UP", "DOWN"]}],
+        retention=0.5))
+    running = ServerThread(config).start()
+    ct = generate_study(81, profile="tiny", series=1, instances_per_series=2)
+    mr = generate_study(82, profile="mr", series=1, instances_per_series=1)
+    try:
+        fill(running.port, ct + mr)
+        reader = running.archive.reader
+        wait_until(lambda: all(reader.instance(ds.SOPInstanceUID) is None for ds in ct),
+                   what="delivered CT instances to be removed")
+        assert set(up.received) >= {ds.SOPInstanceUID for ds in ct + mr}
+        time.sleep(1.0)
+        # The MR instance still waits for DOWN: it stays, and so does its file.
+        record = reader.instance(mr[0].SOPInstanceUID)
+        assert record is not None
+        assert running.archive.store.exists(record.content_hash)
+        assert reader.stats().instances == 1
+        assert verify_ok(running)
+    finally:
+        running.stop()
+        up.stop()
+
+
+def verify_ok(server) -> bool:
+    from engine.ingest.integrity import verify_archive
+    report = verify_archive(server.archive.store, server.archive.reader)
+    return report.ok

@@ -1,0 +1,89 @@
+"""The router's delivery: drain of a 50-instance forward backlog to DCMTK storescp.
+
+A 50-instance CT series (512x512, 16-bit, ~0.5 MB each) is stored once, with
+one rule forwarding everything to a storescp that discards what it receives
+(`--ignore`: the destination's disk is not what is measured).  Each round puts
+a forward job for every instance back on the queue, in one writer transaction
+as ingest would, wakes the workers (no poll wait) and times until the queue is
+empty again.  The comparison with `storescu` sending the same files, at 1 and
+4 associations, and ingest while forwarding, is `tools/bench_forward.py`.
+"""
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+from pynetdicom import AE
+
+from engine.config import config_from_mapping
+from engine.index.forward_queue import ForwardOrder, add_jobs
+from tests.support import DCMTK_ENV, LOOPBACK, ServerThread, free_port, require_tool
+from tools.generate_data import generate_study
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+INSTANCES = 50
+TIMEOUT = 60.0
+
+
+def _empty(running: ServerThread) -> bool:
+    return not running.archive.reader.forward_summary()
+
+
+def _wait_empty(running: ServerThread) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not _empty(running):
+        if time.monotonic() > deadline:
+            pytest.fail(f"forward queue not drained within {TIMEOUT:g} s: "
+                        f"{running.archive.reader.forward_summary()}")
+        time.sleep(0.002)
+
+
+@pytest.fixture(scope="module")
+def router(tmp_path_factory):
+    sink_port = free_port()
+    storescp = subprocess.Popen(
+        [require_tool("storescp"), "--aetitle", "SINK", "--ignore", str(sink_port)],
+        env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config = config_from_mapping({
+        "network": {"host": LOOPBACK, "port": 0},
+        "storage": {"data_dir": str(tmp_path_factory.mktemp("forward") / "data"),
+                    "index_map_size": 1 << 30, "min_free_bytes": 0},
+        "routing": {"rules": [{"name": "all", "forward": ["SINK"]}],
+                    "destinations": {"SINK": {"type": "dicom", "ae_title": "SINK",
+                                              "host": LOOPBACK, "port": sink_port}}},
+    })
+    running = ServerThread(config).start()
+    study = generate_study(43, profile="ct", series=1, instances_per_series=INSTANCES)
+    try:
+        ae = AE(ae_title="FILL")
+        ae.add_requested_context(study[0].SOPClassUID, EXPLICIT_LE)
+        assoc = ae.associate(LOOPBACK, running.port, ae_title="PACS")
+        for ds in study:
+            assert assoc.send_c_store(ds).Status == 0x0000
+        assoc.release()
+        _wait_empty(running)  # the first forwarding doubles as warm-up
+        yield running, study
+    finally:
+        running.stop()
+        storescp.terminate()
+        storescp.wait(10)
+
+
+def test_drain_50_instance_backlog_to_storescp(benchmark, router):
+    running, study = router
+    writer, forwarder = running.archive.writer, running.server.forwarder
+
+    def requeue(tx):
+        now = time.time()
+        for ds in study:
+            add_jobs(tx.txn, tx.t, ds.SOPInstanceUID, ds.StudyInstanceUID,
+                     ds.SeriesInstanceUID, (ForwardOrder("SINK", rule="all"),), now)
+
+    def drain():
+        writer.run_job(requeue)
+        running.loop.call_soon_threadsafe(forwarder.wake)
+        _wait_empty(running)
+
+    benchmark.pedantic(drain, rounds=5, iterations=1)
+    assert _empty(running)

@@ -1,0 +1,373 @@
+"""Router forwarding throughput against DCMTK storescu, in one run on one machine.
+
+The same N CT instances (four studies of one series, one per directory) reach
+one DCMTK storescp on loopback in four modes, at each parallelism P (1 and 4):
+
+direct  P `storescu` processes (split directories when P > 1) send the files to
+        storescp: the reference.
+live    P `storescu` send them into a fresh `pacs serve` whose only rule forwards
+        everything to storescp (`max_associations = P`); ingest time (until the
+        senders exit) and end-to-end time (until storescp wrote the last file).
+ingest  the same senders into a fresh `pacs serve` with routing off.
+drain   the same ingest while storescp is down (small backoff, no dead jobs),
+        then storescp starts and the full backlog drains.
+
+storescp runs with `--fork` when P > 1, so it takes parallel associations on
+both sides.  Arrival times are storescp's file modification times, so the
+polling that waits for "all N written" (every wait is bounded) adds nothing.
+Forwarding throughput is timed from the first file written to the last, over
+N - 1 instances, for direct and drain alike: this leaves out the drain's
+wake-up (a worker with nothing due sleeps on a ~1 s poll, and a failed job
+waits out its backoff), which is reported apart as `drain_wakeup`, the time
+from storescp accepting connections to its first file.
+
+Ratios (targets from the issue): drain rate / direct rate (>= 0.9), direct
+end-to-end time / live end-to-end time, ingest-alone time / ingest time while
+forwarding (>= 0.8).  Modes run in alternating order, round after round;
+medians are reported.  Every pacs run starts on an empty data directory.
+
+    python -m tools.bench_forward --instances 500 --rounds 5 --out bench-out/forward
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tools.bench_store import (
+    DCMTK_ENV, LOOPBACK, REPO, BenchError, DataSpec, find_dcmtk, free_port, machine_info,
+    prepare_data, tree_cpu_seconds)
+
+AE_TITLE, DEST_AE, CALLING_AE = "PACS", "STORESCP", "BENCH"
+MODES = ("direct", "live", "ingest", "drain")
+POLL = 0.05
+
+
+def _tool(name: str) -> str:
+    path = find_dcmtk(name)
+    if path is None:
+        raise BenchError(f"DCMTK {name} not found (apt install dcmtk)")
+    return path
+
+
+# --- processes -----------------------------------------------------------------------
+def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> float:
+    """Wait until something accepts on `port`; the wall time it first did."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{Path(proc.args[0]).name} exited with {proc.returncode}")
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=0.2):
+                return time.time()
+        except OSError:
+            time.sleep(0.02)
+    raise BenchError(f"nothing listening on {port} after {timeout:g} s")
+
+
+def _stop(proc: subprocess.Popen | None) -> None:
+    """SIGTERM to the process group we created, then SIGKILL (forked storescp children)."""
+    if proc is None:
+        return
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+        if sig == signal.SIGTERM:
+            try:  # leftovers of a forked storescp
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        return
+
+
+def start_storescp(directory: Path, port: int, fork: bool, log: Path) -> subprocess.Popen:
+    command = [_tool("storescp"), *(["--fork"] if fork else []), "--aetitle", DEST_AE,
+               "-od", str(directory), str(port)]
+    with open(log, "ab") as out:
+        return subprocess.Popen(command, env=DCMTK_ENV, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def pacs_config(data_dir: Path, port: int, scp_port: int | None, associations: int) -> str:
+    """A pacs config; with `scp_port`, one rule forwards everything to storescp there."""
+    text = (f'[network]\nae_title = "{AE_TITLE}"\nhost = "{LOOPBACK}"\nport = {port}\n'
+            f'[storage]\ndata_dir = "{data_dir}"\n'
+            f'[retrieve]\nconnect_timeout = 2.0\n')
+    if scp_port is not None:
+        # Small backoff and no dead jobs: a drain backlog waits at most 0.5 s once storescp
+        # is up (plus the workers' poll), and never turns dead while storescp is down.
+        text += ('[routing]\nbackoff_base = 0.25\nbackoff_max = 0.5\nmax_attempts = 1000000\n'
+                 '[[routing.rules]]\nname = "all"\nforward = ["PEER"]\n'
+                 f'[routing.destinations.PEER]\ntype = "dicom"\nae_title = "{DEST_AE}"\n'
+                 f'host = "{LOOPBACK}"\nport = {scp_port}\nmax_associations = {associations}\n')
+    return text
+
+
+#: `python -m engine`, or `python SCRIPT` (--pacs-launcher: a script that profiles or
+#: monkeypatches the server, then runs engine.cli.main on its arguments).
+PACS_COMMAND = [sys.executable, "-m", "engine"]
+
+
+def start_pacs(work: Path, scp_port: int | None, associations: int
+               ) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    config = work / "pacs.toml"
+    config.write_text(pacs_config(work / "data", port, scp_port, associations))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
+    with open(work / "pacs.log", "ab") as out:
+        proc = subprocess.Popen([*PACS_COMMAND, "serve", "--config", str(config)],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=REPO, start_new_session=True)
+    try:
+        _wait_port(port, proc)
+    except BenchError:
+        _stop(proc)
+        raise
+    return proc, port
+
+
+def send(dirs: list[Path], port: int, called_ae: str, work: Path, timeout: float) -> float:
+    """P storescu processes, one per directory, started together; wall time they all ended."""
+    procs = []
+    try:
+        for i, directory in enumerate(dirs):
+            with open(work / f"storescu-{i}.log", "ab") as out:
+                procs.append(subprocess.Popen(
+                    [_tool("storescu"), "+sd", "+r", "+sp", "*.dcm", "-aet", CALLING_AE,
+                     "-aec", called_ae, LOOPBACK, str(port), str(directory)],
+                    env=DCMTK_ENV, stdout=out, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL))
+        deadline = time.monotonic() + timeout
+        for proc in procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise BenchError(f"storescu did not finish within {timeout:g} s") from None
+        ended = time.time()
+        if any(p.returncode != 0 for p in procs):
+            raise BenchError(f"storescu exited {[p.returncode for p in procs]} "
+                             f"(see {work}/storescu-*.log)")
+        return ended
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+def arrivals(directory: Path, count: int, timeout: float) -> tuple[float, float]:
+    """Wait until storescp wrote `count` files and the last one is finished; the first and
+    last modification times (wall clock)."""
+    deadline = time.monotonic() + timeout
+    previous = None
+    while time.monotonic() < deadline:
+        with os.scandir(directory) as entries:
+            times = [e.stat().st_mtime for e in entries if e.is_file()]
+        if len(times) >= count:
+            span = (min(times), max(times))
+            if span == previous:  # nothing written for one poll: the last file is complete
+                return span
+            previous = span
+        time.sleep(POLL)
+    raise BenchError(f"storescp wrote fewer than {count} files within {timeout:g} s")
+
+
+def _pacs_count(data_dir: Path) -> int:
+    out = subprocess.run([sys.executable, "-m", "engine", "stats", "--data-dir", str(data_dir)],
+                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    for line in out.stdout.splitlines():
+        if line.startswith("instances"):
+            return int(line.split()[1])
+    raise BenchError(f"pacs stats failed ({out.returncode}): {out.stderr[-400:]}")
+
+
+# --- one run of one mode --------------------------------------------------------------
+def run_mode(mode: str, parallel: int, dirs: list[Path], count: int, work: Path,
+             timeout: float) -> dict:
+    """Fresh peers, one timed transfer, everything stopped; seconds by measure."""
+    shutil.rmtree(work, ignore_errors=True)
+    received = work / "received"
+    received.mkdir(parents=True)
+    fork = parallel > 1
+    scp_port = free_port()
+    storescp = pacs = None
+    result: dict[str, float] = {}
+    try:
+        if mode in ("direct", "live"):
+            storescp = start_storescp(received, scp_port, fork, work / "storescp.log")
+            _wait_port(scp_port, storescp)
+        if mode != "direct":
+            pacs, pacs_port = start_pacs(work, None if mode == "ingest" else scp_port, parallel)
+        os.sync()  # earlier runs' dirty pages must not be flushed on this run's clock
+        cpu = tree_cpu_seconds(pacs.pid) if pacs else 0.0
+        started = time.time()
+        if mode == "direct":
+            send(dirs, scp_port, DEST_AE, work, timeout)
+        else:
+            ended = send(dirs, pacs_port, AE_TITLE, work, timeout)
+            result["ingest"] = ended - started
+        if mode == "drain":
+            os.sync()
+            cpu = tree_cpu_seconds(pacs.pid)
+            started = time.time()  # storescp is up a few ms later (pacs may connect first)
+            storescp = start_storescp(received, scp_port, fork, work / "storescp.log")
+        if mode != "ingest":
+            first, last = arrivals(received, count, timeout)
+            result["first_to_last"] = last - first
+            result["end_to_end" if mode != "drain" else "drain_total"] = last - started
+            if mode == "drain":
+                result["drain_wakeup"] = first - started
+        if pacs is not None:
+            result["pacs_cpu"] = tree_cpu_seconds(pacs.pid) - cpu
+    finally:
+        _stop(pacs)
+        _stop(storescp)
+    if mode == "ingest" and _pacs_count(work / "data") != count:
+        raise BenchError("pacs does not hold every instance after the ingest run")
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+# --- summary ---------------------------------------------------------------------------
+def summarize(runs: list[dict], count: int, parallels: list[int]) -> dict:
+    def median(mode: str, p: int, key: str) -> float | None:
+        values = [r["seconds"][key] for r in runs
+                  if r["mode"] == mode and r["parallel"] == p and key in r["seconds"]]
+        return statistics.median(values) if values else None
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a and b else None
+
+    out = {}
+    for p in parallels:
+        medians = {f"{mode}.{key}": median(mode, p, key) for mode in MODES
+                   for key in ("ingest", "end_to_end", "first_to_last", "drain_total",
+                               "drain_wakeup", "pacs_cpu")}
+        medians = {k: v for k, v in medians.items() if v is not None}
+        rates = {"direct": ratio(count - 1, medians.get("direct.first_to_last")),
+                 "drain": ratio(count - 1, medians.get("drain.first_to_last")),
+                 "live_end_to_end": ratio(count, medians.get("live.end_to_end")),
+                 "ingest_alone": ratio(count, medians.get("ingest.ingest")),
+                 "ingest_while_forwarding": ratio(count, medians.get("live.ingest"))}
+        out[str(p)] = {
+            "median_seconds": medians,
+            "instances_per_second": {k: v for k, v in rates.items() if v is not None},
+            "ratios": {
+                "drain_vs_direct": ratio(rates["drain"], rates["direct"]),
+                "live_vs_direct_end_to_end": ratio(medians.get("direct.end_to_end"),
+                                                   medians.get("live.end_to_end")),
+                "ingest_while_forwarding_vs_alone": ratio(medians.get("ingest.ingest"),
+                                                          medians.get("live.ingest")),
+            },
+            "pacs_cpu_ms_per_instance_drain": ratio(medians.get("drain.pacs_cpu", 0) * 1000,
+                                                    count),
+        }
+    return out
+
+
+def render(doc: dict) -> str:
+    m = doc["machine"]
+    lines = [f"# Router forwarding benchmark: {doc['instances']} CT instances "
+             f"({doc['bytes'] / 1e6:.0f} MB), {doc['rounds']} rounds", "",
+             f"{m['nproc']} cores ({m['cpu_model']}), Python {m['python']}, DCMTK {m['dcmtk']}, "
+             f"git {m['git']}. Medians; rates in instances/s.", "",
+             "| P | direct | drain | drain ÷ direct (≥ 0.9) | drain wake-up s "
+             "| live end-to-end ÷ direct | ingest alone | ingest while forwarding "
+             "| ratio (≥ 0.8) | pacs CPU ms/inst (drain) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def f(x, d=0):
+        return "—" if x is None else f"{x:.{d}f}"
+
+    for p, s in doc["summary"].items():
+        r, q, med = s["instances_per_second"], s["ratios"], s["median_seconds"]
+        lines.append(
+            f"| {p} | {f(r.get('direct'))} | {f(r.get('drain'))} "
+            f"| {f(q['drain_vs_direct'], 2)} | {f(med.get('drain.drain_wakeup'), 2)} "
+            f"| {f(q['live_vs_direct_end_to_end'], 2)} | {f(r.get('ingest_alone'))} "
+            f"| {f(r.get('ingest_while_forwarding'))} "
+            f"| {f(q['ingest_while_forwarding_vs_alone'], 2)} "
+            f"| {f(s['pacs_cpu_ms_per_instance_drain'], 2)} |")
+    lines += ["", "direct/drain rates: (N - 1) ÷ (last - first file written by storescp). "
+              "Wake-up: storescp accepting → first file (poll ≤ 1 s + backoff ≤ 0.5 s). "
+              "Live end-to-end: storescu start → last file written."]
+    return "\n".join(lines) + "\n"
+
+
+def run(instances: int, rounds: int, parallels: list[int], modes: list[str], out: Path,
+        cache: Path, timeout: float) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    data = prepare_data(DataSpec(f"forward-ct{instances}", "ct", instances, 4,
+                                 -(-instances // 4), 11), cache, print)
+    scratch = Path(tempfile.mkdtemp(prefix="bench-forward-", dir=out))
+    plan = [(mode, p) for p in parallels for mode in modes]
+    runs: list[dict] = []
+    doc = {"instances": instances, "bytes": data.bytes, "rounds": rounds, "modes": modes,
+           "parallel": parallels, "machine": machine_info(out), "runs": runs}
+    try:
+        for round_ in range(rounds):
+            order = plan if round_ % 2 == 0 else plan[::-1]
+            for mode, p in order:
+                dirs = [data.root] if p == 1 else data.part_dirs[:p]
+                seconds = run_mode(mode, p, dirs, instances, scratch / f"{mode}-{p}", timeout)
+                runs.append({"round": round_ + 1, "mode": mode, "parallel": p,
+                             "seconds": seconds})
+                print(f"round {round_ + 1}/{rounds} {mode:6} P={p}: "
+                      + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()), flush=True)
+                (out / "forward.json").write_text(json.dumps(doc, indent=2))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    doc["summary"] = summarize(runs, instances, parallels)
+    (out / "forward.json").write_text(json.dumps(doc, indent=2))
+    (out / "forward.md").write_text(render(doc))
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.bench_forward", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--instances", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--parallel", default="1,4", help="comma-separated P values (1..4)")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--out", type=Path, default=Path("bench-out/forward"))
+    parser.add_argument("--cache", type=Path, default=Path("bench-out/cache"))
+    parser.add_argument("--timeout", type=float, default=600.0, help="per step, seconds")
+    parser.add_argument("--pacs-launcher", type=Path,
+                        help="run `python SCRIPT serve ...` instead of `python -m engine`")
+    args = parser.parse_args(argv)
+    if args.pacs_launcher:
+        PACS_COMMAND[1:] = [str(args.pacs_launcher.resolve())]
+    parallels = [int(p) for p in args.parallel.split(",")]
+    modes = [m for m in args.modes.split(",") if m]
+    if not all(1 <= p <= 4 for p in parallels) or set(modes) - set(MODES) \
+            or args.instances < 8 or args.rounds < 1:
+        parser.error("P in 1..4, modes from " + ",".join(MODES) + ", instances >= 8")
+    try:
+        doc = run(args.instances, args.rounds, parallels, modes, args.out.resolve(),
+                  args.cache.resolve(), args.timeout)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(render(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
