@@ -13,15 +13,15 @@ from __future__ import annotations
 import subprocess
 import time
 
+import pydicom
 import pytest
-from pynetdicom import AE
 
 from engine.config import config_from_mapping
 from engine.index.forward_queue import ForwardOrder, add_jobs
-from tests.support import DCMTK_ENV, LOOPBACK, ServerThread, free_port, require_tool
-from tools.generate_data import generate_study
+from tests.support import (
+    DCMTK_ENV, LOOPBACK, ServerThread, free_port, require_tool, run_tool)
+from tools.generate_data import generate_tree
 
-EXPLICIT_LE = "1.2.840.10008.1.2.1"
 INSTANCES = 50
 TIMEOUT = 60.0
 
@@ -53,15 +53,13 @@ def router(tmp_path_factory):
                     "destinations": {"SINK": {"type": "dicom", "ae_title": "SINK",
                                               "host": LOOPBACK, "port": sink_port}}},
     })
+    files = tmp_path_factory.mktemp("files")
+    study = [pydicom.dcmread(p, stop_before_pixels=True) for p in generate_tree(
+        files, 1, "ct", 1, INSTANCES, seed=43)]
     running = ServerThread(config).start()
-    study = generate_study(43, profile="ct", series=1, instances_per_series=INSTANCES)
     try:
-        ae = AE(ae_title="FILL")
-        ae.add_requested_context(study[0].SOPClassUID, EXPLICIT_LE)
-        assoc = ae.associate(LOOPBACK, running.port, ae_title="PACS")
-        for ds in study:
-            assert assoc.send_c_store(ds).Status == 0x0000
-        assoc.release()
+        run_tool("storescu", "+sd", "+r", "-aec", "PACS", LOOPBACK, str(running.port),
+                 str(files))
         _wait_empty(running)  # the first forwarding doubles as warm-up
         yield running, study
     finally:

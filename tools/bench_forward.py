@@ -199,11 +199,14 @@ def _pacs_count(data_dir: Path) -> int:
 
 # --- one run of one mode --------------------------------------------------------------
 def run_mode(mode: str, parallel: int, dirs: list[Path], count: int, work: Path,
-             timeout: float) -> dict:
-    """Fresh peers, one timed transfer, everything stopped; seconds by measure."""
+             timeout: float, scp_dir: Path | None = None) -> dict:
+    """Fresh peers, one timed transfer, everything stopped; seconds by measure.
+
+    storescp writes into a fresh directory under `scp_dir` (default: `work`).
+    """
     shutil.rmtree(work, ignore_errors=True)
-    received = work / "received"
-    received.mkdir(parents=True)
+    work.mkdir(parents=True)
+    received = Path(tempfile.mkdtemp(prefix="received-", dir=scp_dir or work))
     fork = parallel > 1
     scp_port = free_port()
     storescp = pacs = None
@@ -238,6 +241,7 @@ def run_mode(mode: str, parallel: int, dirs: list[Path], count: int, work: Path,
     finally:
         _stop(pacs)
         _stop(storescp)
+        shutil.rmtree(received, ignore_errors=True)
     if mode == "ingest" and _pacs_count(work / "data") != count:
         raise BenchError("pacs does not hold every instance after the ingest run")
     shutil.rmtree(work, ignore_errors=True)
@@ -311,7 +315,7 @@ def render(doc: dict) -> str:
 
 
 def run(instances: int, rounds: int, parallels: list[int], modes: list[str], out: Path,
-        cache: Path, timeout: float) -> dict:
+        cache: Path, timeout: float, scp_dir: Path | None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     data = prepare_data(DataSpec(f"forward-ct{instances}", "ct", instances, 4,
                                  -(-instances // 4), 11), cache, print)
@@ -319,13 +323,15 @@ def run(instances: int, rounds: int, parallels: list[int], modes: list[str], out
     plan = [(mode, p) for p in parallels for mode in modes]
     runs: list[dict] = []
     doc = {"instances": instances, "bytes": data.bytes, "rounds": rounds, "modes": modes,
-           "parallel": parallels, "machine": machine_info(out), "runs": runs}
+           "parallel": parallels, "storescp_dir": str(scp_dir or out),
+           "machine": machine_info(out), "runs": runs}
     try:
         for round_ in range(rounds):
             order = plan if round_ % 2 == 0 else plan[::-1]
             for mode, p in order:
                 dirs = [data.root] if p == 1 else data.part_dirs[:p]
-                seconds = run_mode(mode, p, dirs, instances, scratch / f"{mode}-{p}", timeout)
+                seconds = run_mode(mode, p, dirs, instances, scratch / f"{mode}-{p}", timeout,
+                                   scp_dir)
                 runs.append({"round": round_ + 1, "mode": mode, "parallel": p,
                              "seconds": seconds})
                 print(f"round {round_ + 1}/{rounds} {mode:6} P={p}: "
@@ -339,6 +345,17 @@ def run(instances: int, rounds: int, parallels: list[int], modes: list[str], out
     return doc
 
 
+def _default_scp_dir() -> str:
+    """/dev/shm when it is a tmpfs (a remote destination's disk is not ours), else ''."""
+    try:
+        with open("/proc/mounts") as mounts:
+            if any(line.split()[1:3] == ["/dev/shm", "tmpfs"] for line in mounts):
+                return "/dev/shm"
+    except OSError:
+        pass
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench_forward", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -349,6 +366,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-out/forward"))
     parser.add_argument("--cache", type=Path, default=Path("bench-out/cache"))
     parser.add_argument("--timeout", type=float, default=600.0, help="per step, seconds")
+    parser.add_argument("--scp-dir", default=_default_scp_dir(),
+                        help="where storescp writes (default /dev/shm when it is a tmpfs: "
+                             "a destination on pacs's disk makes pacs's fsyncs wait for its "
+                             "writeback); --scp-dir '' writes under --out")
     parser.add_argument("--pacs-launcher", type=Path,
                         help="run `python SCRIPT serve ...` instead of `python -m engine`")
     args = parser.parse_args(argv)
@@ -361,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("P in 1..4, modes from " + ",".join(MODES) + ", instances >= 8")
     try:
         doc = run(args.instances, args.rounds, parallels, modes, args.out.resolve(),
-                  args.cache.resolve(), args.timeout)
+                  args.cache.resolve(), args.timeout,
+                  Path(args.scp_dir).resolve() if args.scp_dir else None)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -14,8 +14,9 @@ of the index from a saved cursor):
 
 Any failure leaves the original current and records why (the instance is not
 retried until `pacs compress --retry-failed`).  A crash at any step leaves at
-worst an orphan file that `pacs verify` finds.  Workers run niced, so ingest
-on the same cores keeps priority.
+worst an orphan file that `pacs verify` finds.  Ingest keeps priority: the
+background stage starts an instance only when no C-STORE was indexed for half
+a second, and its workers run niced.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from engine.store.blob_store import FilesystemBlobStore
 log = logging.getLogger(__name__)
 
 _SWEEP_BATCH = 2000  # instances read per sweep step
+_QUIET = 0.5  # seconds without ingest before a background worker takes the next instance
 
 
 @dataclass
@@ -92,7 +94,7 @@ class CompressionStage:
                     if not self.sweep():
                         self._stop.wait(interval)
                     continue
-                list(pool.map(self._process, queued))
+                list(pool.map(self._process_when_quiet, queued))
 
     # -- by hand (pacs compress --now) -------------------------------------------------
     def run_now(self, study_uid: str | None = None,
@@ -148,6 +150,23 @@ class CompressionStage:
         return ignore_delay or self.policy.due(record, now)
 
     # -- one instance -----------------------------------------------------------------
+    def _process_when_quiet(self, uid: str) -> None:
+        """Wait while instances are being received: ingest has priority over compression.
+
+        Niceness alone does not protect ingest here: busy cores slow its fsyncs
+        whatever their priority.  So a worker starts a new instance only after
+        `_QUIET` seconds without an indexed C-STORE (at most one instance per
+        worker is in flight when ingest starts).
+        """
+        seen = self.writer.ingest_committed
+        while not self._stop.wait(_QUIET):
+            now = self.writer.ingest_committed
+            if now == seen:
+                break
+            seen = now
+        if not self._stop.is_set():
+            self._process(uid)
+
     def _process(self, uid: str, ignore_delay: bool = False) -> None:
         try:
             self._compress(uid, ignore_delay)

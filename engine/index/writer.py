@@ -294,6 +294,8 @@ class GroupCommitWriter:
         self._stopping = False
         self.commits = 0
         self.entries_committed = 0
+        #: Received instances indexed so far (background work watches it to yield to ingest).
+        self.ingest_committed = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -399,6 +401,7 @@ class GroupCommitWriter:
             return
         self.commits += 1
         self.entries_committed += len(batch)
+        self.ingest_committed += sum(1 for entry, _ in batch if not callable(entry))
         for (_, resolve), outcome in zip(batch, outcomes):
             resolve(outcome)
 

@@ -199,6 +199,9 @@ class Forwarder:
                     break
                 if _is_success(status):
                     done.append(job)
+                    if status != st.SUCCESS:
+                        log.warning("forward of %s to %s delivered with warning 0x%04X",
+                                    job.sop_instance_uid, destination.name, status)
                 else:
                     await self._record_failures([job], status,
                                                 f"{destination.ae_title} answered 0x{status:04X}")
