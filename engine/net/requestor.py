@@ -198,6 +198,7 @@ class _RequestorProtocol(asyncio.Protocol):
         for future in (self.associate_answer, self.released, self.response):
             if future is not None and not future.done():
                 future.set_exception(exc)
+                future.exception()  # retrieved: whoever awaits it later still gets it
         if abort:
             self._write(A_ABORT_BY_USER_PDU)
         self._close()

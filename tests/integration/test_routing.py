@@ -291,3 +291,36 @@ def verify_ok(server) -> bool:
     from engine.ingest.integrity import verify_archive
     report = verify_archive(server.archive.store, server.archive.reader)
     return report.ok
+
+
+def test_destination_aborting_mid_association_is_retried(tmp_path):
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+    received: dict[str, bool] = {}
+    aborts = {"left": 2}
+
+    def on_store(event):
+        if aborts["left"] > 0:
+            aborts["left"] -= 1
+            event.assoc.abort()  # A-ABORT in the middle of our batch
+            return 0xC000
+        received[event.request.AffectedSOPInstanceUID] = True
+        return 0x0000
+
+    port = free_port()
+    ae = AE(ae_title="FLAKY")
+    ae.supported_contexts = AllStoragePresentationContexts
+    scp = ae.start_server((LOOPBACK, port), block=False,
+                          evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    config = config_from_mapping(routing_config(
+        tmp_path / "data", {"FLAKY": peer("FLAKY", port)},
+        [{"name": "all", "forward": ["FLAKY"]}]))
+    running = ServerThread(config).start()
+    study = generate_study(83, profile="tiny", series=1, instances_per_series=3)
+    try:
+        fill(running.port, study)
+        wait_until(lambda: not running.archive.reader.forward_summary(), what="redelivery")
+    finally:
+        running.stop()
+        scp.shutdown()
+    assert aborts["left"] == 0
+    assert set(received) == {ds.SOPInstanceUID for ds in study}
