@@ -331,6 +331,8 @@ def render(doc: dict) -> str:
 def run(instances: int, rounds: int, parallels: list[int], modes: list[str], out: Path,
         cache: Path, timeout: float, scp_dir: Path | None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
+    for name in ("storescu", "storescp"):  # found (probed) before any clock runs
+        _tool(name)
     data = prepare_data(DataSpec(f"forward-ct{instances}", "ct", instances, 4,
                                  -(-instances // 4), 11), cache, print)
     scratch = Path(tempfile.mkdtemp(prefix="bench-forward-", dir=out))

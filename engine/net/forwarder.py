@@ -73,6 +73,7 @@ class Forwarder:
         self.retention = retention
         self._wake = {name: asyncio.Event() for name in destinations}
         self._in_flight: dict[str, set[int]] = {name: set() for name in destinations}
+        self._claim = {name: asyncio.Lock() for name in destinations}
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
 
@@ -129,9 +130,13 @@ class Forwarder:
         name = destination.name
         while not self._stopping:
             in_flight = self._in_flight[name]
-            jobs = await asyncio.to_thread(self.reader.forward_due, name, time.time(), _BATCH,
-                                           set(in_flight))
-            jobs = [j for j in jobs if j.job_id not in in_flight]
+            async with self._claim[name]:  # workers of one destination take disjoint jobs
+                jobs = await asyncio.to_thread(self.reader.forward_due, name, time.time(),
+                                               _BATCH, set(in_flight))
+                jobs = [j for j in jobs if j.job_id not in in_flight]
+                in_flight.update(j.job_id for j in jobs)
+            if len(jobs) == _BATCH:
+                self._wake[name].set()  # more are due: a sibling worker may take them
             if not jobs:
                 event = self._wake[name]
                 event.clear()
@@ -140,7 +145,6 @@ class Forwarder:
                 except asyncio.TimeoutError:
                     pass
                 continue
-            in_flight.update(j.job_id for j in jobs)
             try:
                 if isinstance(destination, FolderDestination):
                     await self._to_folder(destination, jobs)
