@@ -219,7 +219,7 @@ def _ingest_lines(doc: dict, cfg: dict) -> list[str]:
         return []
     f = ingest_figures(doc)
     data = doc.get("ingest_data", {})
-    lines = ["", f"## Ingest while the stage compresses", "",
+    lines = ["", "## Ingest while the stage compresses", "",
              f"storescu of {data.get('files', '?')} CT instances "
              f"({data.get('bytes', 0) / 1e6:.0f} MB) over one association into `pacs serve` "
              f"whose archive already holds {data.get('backlog', '?')} uncompressed CT "
@@ -236,7 +236,7 @@ def _ingest_lines(doc: dict, cfg: dict) -> list[str]:
                      f"| {fmt_spread(x['mbs'])} | {_num(x.get('ratio'))} "
                      f"| {fmt_spread(x['cpu'])} | {fmt_spread(x['compressed'], 0)} |")
     r = f["ratio"]
-    lines += ["", f"Ingest with compression ÷ ingest alone: "
+    lines += ["", "Ingest with compression ÷ ingest alone: "
                   + (f"**{r:.2f}×** (target ≥ {INGEST_TARGET}: "
                      f"{'met' if r >= INGEST_TARGET else 'NOT met'})." if r else "—")]
     probe = doc.get("fsync_ms")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from engine.index.records import BlobRecord, InstanceRecord
+from engine.index.records import InstanceRecord
 
 _CURSOR = b"compress_cursor"
 _TOTALS_PREFIX = b"compressed:"

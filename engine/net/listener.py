@@ -30,7 +30,7 @@ from engine.net.dimse import (
 from engine.net.outbound import PeerGone, StoredDataset, send_message
 from engine.net.pdu_framing import encode_p_data
 from engine.net.requestor import AssociationFailed
-from engine.net.services import ServiceProvider, StoreOperation
+from engine.net.services import ServiceProvider
 
 log = logging.getLogger(__name__)
 
