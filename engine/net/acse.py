@@ -110,6 +110,16 @@ class AcceptedContext:
     relational_queries: bool = False
 
 
+def accepted_syntaxes(contexts, abstract_syntax: str, as_scu: bool = True) -> dict[str, int]:
+    """Transfer syntax → context id of accepted contexts for a SOP class (first wins);
+    with `as_scu`, only those on which we may send requests."""
+    found: dict[str, int] = {}
+    for cx in contexts:
+        if cx.abstract_syntax == abstract_syntax and (cx.as_scu or not as_scu):
+            found.setdefault(cx.transfer_syntax, cx.context_id)
+    return found
+
+
 @dataclass(frozen=True)
 class NegotiationResult:
     """Outcome of an A-ASSOCIATE-RQ: the PDU to send, and the agreed terms if accepted."""

@@ -30,7 +30,7 @@ from engine.ingest.integrity import commitment_failure
 from engine.net import status as st
 from engine.net.acse import AcceptedContext
 from engine.net.dimse import (
-    N_ACTION_RSP, N_EVENT_REPORT_RQ, Command, encode_command, encode_response)
+    N_ACTION_RSP, N_EVENT_REPORT_RQ, Command, DatasetBuffer, encode_command, encode_response)
 from engine.net.requestor import AssociationFailed, ProposedContext, RequestorAssociation
 from engine.query.find import InvalidQuery, decode_identifier, encode_identifier
 from engine.store.blob_store import FilesystemBlobStore
@@ -191,18 +191,14 @@ class CommitmentOperation:
         self.channel = channel
         self.calling_ae_title = calling_ae_title
         self.assoc_id = assoc_id
-        self._data = bytearray()
-        self._too_long = False
+        self._data = DatasetBuffer(MAX_REQUEST_LENGTH)
 
     @property
     def message_id(self) -> int | None:
         return self.command.message_id
 
     def feed(self, fragment: memoryview) -> None:
-        if len(self._data) + len(fragment) > MAX_REQUEST_LENGTH:
-            self._too_long = True
-            return
-        self._data += fragment
+        self._data.feed(fragment)
 
     def cancel(self) -> None:
         """C-CANCEL does not apply to N-ACTION."""
@@ -223,10 +219,10 @@ class CommitmentOperation:
             return st.FAILURE_INVALID_OBJECT_INSTANCE, "not the well-known SOP instance"
         if self.command.us(CMD_ACTION_TYPE_ID) != REQUEST_STORAGE_COMMITMENT:
             return st.FAILURE_NO_SUCH_ACTION, "Action Type ID must be 1"
-        if self._too_long:
+        if self._data.too_long:
             return st.FAILURE_RESOURCE_LIMITATION, "request too long"
         try:
-            ds = decode_identifier(bytes(self._data), self.context.transfer_syntax)
+            ds = decode_identifier(bytes(self._data.data), self.context.transfer_syntax)
             return CommitmentRequest.from_dataset(ds)
         except InvalidQuery as exc:
             return st.FAILURE_INVALID_ARGUMENT_VALUE, str(exc)

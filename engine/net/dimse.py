@@ -36,6 +36,8 @@ N_ACTION_RSP = 0x8130
 RESPONSE_BIT = 0x8000
 
 MAX_COMMAND_SET_LENGTH = 64 * 1024
+#: Largest query/retrieve identifier we gather (a request beyond it gets a failure status).
+MAX_IDENTIFIER_LENGTH = 1 << 20
 
 _ELEMENT_HEAD = struct.Struct("<HHI")
 
@@ -77,6 +79,38 @@ class Command:
     @property
     def status(self) -> int | None:
         return self.us(CMD_STATUS)
+
+
+class DatasetBuffer:
+    """The dataset of a request that is decoded whole (identifiers, action information),
+    gathered from its fragments up to a bound; beyond it only `too_long` is kept."""
+
+    __slots__ = ("data", "limit", "too_long")
+
+    def __init__(self, limit: int) -> None:
+        self.data = bytearray()
+        self.limit = limit
+        self.too_long = False
+
+    def feed(self, fragment: memoryview) -> None:
+        if self.too_long or len(self.data) + len(fragment) > self.limit:
+            self.too_long = True
+            return
+        self.data += fragment
+
+
+class MessageIds:
+    """Message IDs for the requests we send on one association (1..65535, wrapping)."""
+
+    __slots__ = ("_next",)
+
+    def __init__(self) -> None:
+        self._next = 1
+
+    def __call__(self) -> int:
+        message_id = self._next
+        self._next = message_id % 0xFFFF + 1
+        return message_id
 
 
 def decode_command(data: bytes) -> Command:
@@ -153,8 +187,9 @@ def encode_response(command_field: int, request: Command, status: int,
 
 
 __all__ = [
-    "Command", "decode_command", "encode_command", "encode_response", "C_STORE_RQ",
+    "Command", "DatasetBuffer", "MessageIds", "decode_command", "encode_command",
+    "encode_response", "C_STORE_RQ",
     "C_STORE_RSP", "C_ECHO_RQ", "C_ECHO_RSP", "C_FIND_RQ", "C_FIND_RSP", "C_CANCEL_RQ",
     "C_GET_RQ", "C_GET_RSP", "C_MOVE_RQ", "C_MOVE_RSP", "N_ACTION_RQ", "N_ACTION_RSP",
-    "N_EVENT_REPORT_RQ", "N_EVENT_REPORT_RSP", "MAX_COMMAND_SET_LENGTH",
+    "N_EVENT_REPORT_RQ", "N_EVENT_REPORT_RSP", "MAX_COMMAND_SET_LENGTH", "MAX_IDENTIFIER_LENGTH",
 ]

@@ -20,12 +20,12 @@ from engine.config import QueryConfig
 from engine.errors import EngineError
 from engine.net import status as st
 from engine.net.acse import AcceptedContext
-from engine.net.dimse import C_FIND_RSP, Command, encode_response
+from engine.net.dimse import (
+    C_FIND_RSP, MAX_IDENTIFIER_LENGTH, Command, DatasetBuffer, encode_response)
 from engine.query.find import FindExecutor, FindQuery, InvalidQuery, decode_identifier
 
 log = logging.getLogger(__name__)
 
-MAX_IDENTIFIER_LENGTH = 1 << 20
 _BATCH = 64  # encoded responses handed to the loop at once
 _WINDOW = 4  # batches the query thread may run ahead of the socket
 
@@ -45,8 +45,7 @@ class FindOperation:
         self._executor = executor
         self._config = config
         self.assoc_id = assoc_id
-        self._identifier = bytearray()
-        self._too_long = False
+        self._identifier = DatasetBuffer(MAX_IDENTIFIER_LENGTH)
         self._stop = threading.Event()
         self.cancelled = False
 
@@ -55,10 +54,7 @@ class FindOperation:
         return self.command.message_id
 
     def feed(self, fragment: memoryview) -> None:
-        if len(self._identifier) + len(fragment) > MAX_IDENTIFIER_LENGTH:
-            self._too_long = True
-            return
-        self._identifier += fragment
+        self._identifier.feed(fragment)
 
     def abort(self) -> None:
         self._stop.set()
@@ -74,14 +70,14 @@ class FindOperation:
     async def run(self, send: SendMessage) -> None:
         """Send pending responses, then the final one, through `send(context, cmd, ds)`."""
         ts = self.context.transfer_syntax
-        if self._too_long:
+        if self._identifier.too_long:
             await send(self.context_id, self._final(st.FAILURE_UNABLE_TO_PROCESS,
                                                     "identifier too long"),
                        None)
             return
         try:
             query = FindQuery.from_identifier(self.context.abstract_syntax,
-                                              decode_identifier(bytes(self._identifier), ts),
+                                              decode_identifier(bytes(self._identifier.data), ts),
                                               self._config.fuzzy_person_names,
                                               relational=self.context.relational_queries)
         except Exception as exc:  # InvalidQuery, or a bug: answer the peer either way

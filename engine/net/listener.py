@@ -19,14 +19,15 @@ from dataclasses import dataclass
 from engine.errors import PDUError
 from engine.net.acse import (
     A_ABORT_BY_USER_PDU, A_RELEASE_RP_PDU, ABORT_REASON_NOT_SPECIFIED, AcceptorPolicy,
-    AssociationNegotiator, provider_abort_pdu)
+    AssociationNegotiator, accepted_syntaxes, provider_abort_pdu)
 from engine.net.association import (
     AssociationMachine, CommandReceived, DatasetFragment, Established, PeerAborted, Rejected,
     ReleaseRequested, SendPDU, State)
 from engine.dicom.tags import CMD_MESSAGE_ID_BEING_RESPONDED_TO
 from engine.ingest.pipeline import Origin
 from engine.net.dimse import (
-    C_CANCEL_RQ, C_ECHO_RQ, C_FIND_RQ, C_GET_RQ, C_MOVE_RQ, C_STORE_RQ, N_ACTION_RQ, Command)
+    C_CANCEL_RQ, C_ECHO_RQ, C_FIND_RQ, C_GET_RQ, C_MOVE_RQ, C_STORE_RQ, N_ACTION_RQ, Command,
+    MessageIds)
 from engine.net.outbound import PeerGone, StoredDataset, send_message
 from engine.net.pdu_framing import encode_p_data
 from engine.net.requestor import AssociationFailed
@@ -73,7 +74,8 @@ class AssociationProtocol(asyncio.Protocol):
         #: Our outstanding request on this association (C-GET sub-operation) and its answer.
         self._response: asyncio.Future | None = None
         self._skipping_response_dataset = False
-        self._next_message_id = 1
+        #: Message IDs of our requests on this association (C-GET sub-operations).
+        self.next_message_id = MessageIds()
 
     # -- asyncio callbacks ------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -284,17 +286,9 @@ class AssociationProtocol(asyncio.Protocol):
 
     def accepted_syntaxes(self, sop_class_uid: str) -> dict[str, int]:
         """Transfer syntax → context id of contexts on which the peer let us be SCU."""
-        found: dict[str, int] = {}
         negotiation = self.machine.negotiation
-        for cx in (negotiation.contexts.values() if negotiation is not None else ()):
-            if cx.abstract_syntax == sop_class_uid and cx.as_scu:
-                found.setdefault(cx.transfer_syntax, cx.context_id)
-        return found
-
-    def next_message_id(self) -> int:
-        message_id = self._next_message_id
-        self._next_message_id = message_id % 0xFFFF + 1
-        return message_id
+        return accepted_syntaxes(negotiation.contexts.values() if negotiation else (),
+                                 sop_class_uid)
 
     async def request(self, context_id: int, command_set: bytes,
                       dataset: bytes | StoredDataset | None) -> tuple[Command, bytes | None]:

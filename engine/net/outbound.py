@@ -147,4 +147,5 @@ async def _send_stored(sink: PDUSink, context_id: int, fd: int, dataset: StoredD
         await sink.wait_writable()
 
 
-__all__ = ["DatasetUnavailable", "PDUSink", "PeerGone", "StoredDataset", "p_data_buffers", "send_message"]
+__all__ = ["DatasetUnavailable", "PDUSink", "PeerGone", "StoredDataset", "p_data_buffers",
+           "send_message"]

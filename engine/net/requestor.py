@@ -23,8 +23,9 @@ from pynetdicom.presentation import PresentationContext, negotiate_as_requestor
 from engine.dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from engine.errors import DIMSEError, EngineError, PDUError
 from engine.net.acse import (
-    A_ABORT_BY_USER_PDU, A_RELEASE_RP_PDU, APPLICATION_CONTEXT_NAME, AcceptedContext)
-from engine.net.dimse import MAX_COMMAND_SET_LENGTH, Command, decode_command
+    A_ABORT_BY_USER_PDU, A_RELEASE_RP_PDU, APPLICATION_CONTEXT_NAME, AcceptedContext,
+    accepted_syntaxes)
+from engine.net.dimse import MAX_COMMAND_SET_LENGTH, Command, MessageIds, decode_command
 from engine.net.outbound import PeerGone, StoredDataset, send_message
 from engine.net.pdu_framing import PDUFramer
 
@@ -242,7 +243,7 @@ class RequestorAssociation:
         self.peer_max_pdu = peer_max_pdu
         self.contexts = contexts
         self.timeout = timeout
-        self._next_message_id = 1
+        self.next_message_id = MessageIds()
 
     @classmethod
     async def open(cls, host: str, port: int, calling_ae: str, called_ae: str,
@@ -279,16 +280,7 @@ class RequestorAssociation:
 
     def accepted_syntaxes(self, abstract_syntax: str, as_scu: bool = True) -> dict[str, int]:
         """Transfer syntax → context id of the accepted contexts for a SOP class."""
-        found: dict[str, int] = {}
-        for cx in self.contexts.values():
-            if cx.abstract_syntax == abstract_syntax and (cx.as_scu or not as_scu):
-                found.setdefault(cx.transfer_syntax, cx.context_id)
-        return found
-
-    def next_message_id(self) -> int:
-        message_id = self._next_message_id
-        self._next_message_id = message_id % 0xFFFF + 1
-        return message_id
+        return accepted_syntaxes(self.contexts.values(), abstract_syntax, as_scu)
 
     async def request(self, context_id: int, command_set: bytes,
                       dataset: bytes | StoredDataset | None) -> tuple[Command, bytes | None]:

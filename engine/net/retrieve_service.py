@@ -33,7 +33,8 @@ from engine.errors import EngineError
 from engine.net import status as st
 from engine.net.acse import AcceptedContext
 from engine.net.dimse import (
-    C_GET_RSP, C_MOVE_RSP, C_STORE_RQ, Command, encode_command, encode_response)
+    C_GET_RSP, C_MOVE_RSP, C_STORE_RQ, MAX_IDENTIFIER_LENGTH, Command, DatasetBuffer,
+    encode_command, encode_response)
 from engine.net.outbound import DatasetUnavailable, StoredDataset
 from engine.net.requestor import (
     MAX_PRESENTATION_CONTEXTS, AssociationFailed, ProposedContext, RequestorAssociation)
@@ -42,7 +43,6 @@ from engine.query.retrieve import RetrieveRequest, RetrieveResolver, StoredInsta
 
 log = logging.getLogger(__name__)
 
-MAX_IDENTIFIER_LENGTH = 1 << 20
 _UNCOMPRESSED_LE = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 
 SendMessage = Callable[[int, bytes, bytes | None], Awaitable[None]]
@@ -177,8 +177,7 @@ class RetrieveOperation:
         self.config = config
         self.codec = codec
         self.assoc_id = assoc_id
-        self._identifier = bytearray()
-        self._too_long = False
+        self._identifier = DatasetBuffer(MAX_IDENTIFIER_LENGTH)
         self.cancelled = False
         self.aborted = False
         self.counts = SubOperationCounts()
@@ -188,10 +187,7 @@ class RetrieveOperation:
         return self.command.message_id
 
     def feed(self, fragment: memoryview) -> None:
-        if len(self._identifier) + len(fragment) > MAX_IDENTIFIER_LENGTH:
-            self._too_long = True
-            return
-        self._identifier += fragment
+        self._identifier.feed(fragment)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -212,12 +208,12 @@ class RetrieveOperation:
 
     async def _resolve(self, send: SendMessage) -> list[StoredInstance] | None:
         """The instances to send, or None after answering with a failure."""
-        if self._too_long:
+        if self._identifier.too_long:
             await send(self.context_id, self._response(st.FAILURE_UNABLE_TO_PROCESS,
                                                        "identifier too long", counts=False), None)
             return None
         try:
-            ds = decode_identifier(bytes(self._identifier), self.context.transfer_syntax)
+            ds = decode_identifier(bytes(self._identifier.data), self.context.transfer_syntax)
             request = RetrieveRequest.from_identifier(self.context.abstract_syntax, ds)
             return await asyncio.to_thread(self.resolver.resolve, request)
         except Exception as exc:  # InvalidQuery, or a bug: answer the peer either way
