@@ -129,9 +129,11 @@ def _count(txn, tables, sop_uid: str, delta: int) -> int:
     return left
 
 
-def delivered(txn, tables, job: ForwardJob, now: float) -> None:
+def delivered(txn, tables, job: ForwardJob, now: float, record_done: bool) -> None:
+    """Delete a delivered job; with `record_done` (store-and-forward), an instance whose
+    last job this was goes to forward_done (archive mode keeps no such list)."""
     if txn.delete(job.key, db=tables.forward_jobs) and \
-            _count(txn, tables, job.sop_instance_uid, -1) <= 0:
+            _count(txn, tables, job.sop_instance_uid, -1) <= 0 and record_done:
         txn.put(job.sop_instance_uid.encode(), repr(now).encode(), db=tables.forward_done)
 
 

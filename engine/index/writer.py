@@ -94,8 +94,9 @@ class IndexTransaction:
                                               modality)
 
     # -- the router's forward queue (see forward_queue.py) ----------------------------
-    def forward_delivered(self, job: forward_queue.ForwardJob, now: float) -> None:
-        forward_queue.delivered(self.txn, self.t, job, now)
+    def forward_delivered(self, job: forward_queue.ForwardJob, now: float,
+                          record_done: bool) -> None:
+        forward_queue.delivered(self.txn, self.t, job, now, record_done)
 
     def forward_expire(self, sop_uid: str) -> str | None:
         """Store-and-forward: remove a delivered instance; returns its file's address

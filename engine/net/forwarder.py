@@ -254,7 +254,7 @@ class Forwarder:
 
             def delete(tx):
                 for job in jobs:
-                    tx.forward_delivered(job, now)
+                    tx.forward_delivered(job, now, self.retention > 0)
             await asyncio.to_thread(self.writer.run_job, delete)
 
     async def _record_failures(self, jobs: list[ForwardJob], status: int | None,
