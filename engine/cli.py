@@ -125,13 +125,17 @@ def cmd_queue(args: argparse.Namespace) -> int:
         finally:
             db.close()
         now = time.time()
-        print(f"{'destination':<16}{'pending':>9}{'retrying':>10}{'dead':>7}{'oldest':>10}  "
-              "last error")
+        print(f"{'destination':<16}{'pending':>9}{'in flight':>10}{'retrying':>10}{'dead':>7}"
+              f"{'oldest':>10}  last error")
         for name, s in sorted(summary.items()):
             age = f"{now - s.oldest_created:.0f}s" if s.oldest_created else "-"
             error = (f"0x{s.last_status:04X} " if s.last_status is not None else "") + \
                 s.last_error
-            print(f"{name:<16}{s.pending:>9}{s.retrying:>10}{s.dead:>7}{age:>10}  {error}")
+            if s.down_since is not None:
+                error = (f"DOWN for {now - s.down_since:.0f}s, next attempt in "
+                         f"{max(0.0, s.next_probe - now):.0f}s: {error}")
+            print(f"{name:<16}{s.pending:>9}{s.in_flight:>10}{s.retrying:>10}{s.dead:>7}"
+                  f"{age:>10}  {error}")
         if not summary:
             print("(queue empty)")
         return 0

@@ -142,13 +142,15 @@ class RoutingConfig:
     rules: tuple[Rule, ...] = ()
     #: [routing.destinations.NAME] by name (engine/routing/destinations.py).
     destinations: Mapping[str, Destination] = field(default_factory=dict)
-    #: A forward is dead-lettered after this many failed attempts ...
+    #: A forward is dead-lettered after this many failed attempts of its instance ...
     max_attempts: int = 10
-    #: ... or once it is this many seconds old.
+    #: ... or once it is this many seconds old (the only limit while a destination is down).
     max_age: float = 72 * 3600.0
     #: Retry delay: capped exponential backoff with jitter, base and cap in seconds.
     backoff_base: float = 5.0
     backoff_max: float = 600.0
+    #: Seconds an idle association to a destination is kept open for the next instances.
+    association_linger: float = 5.0
     #: Store-and-forward: seconds an instance stays after all its forwards are delivered
     #: (0 = kept forever: archive mode).
     retention: float = 0.0
@@ -303,8 +305,9 @@ def _validate(obj: Any, section: str) -> None:
         if not 0 < obj.backoff_base <= obj.backoff_max:
             raise ConfigError(f"[{section}] backoff_base must be positive and at most "
                               "backoff_max")
-        if obj.retention < 0:
-            raise ConfigError(f"[{section}] retention must not be negative (0 = keep forever)")
+        if obj.retention < 0 or obj.association_linger < 0:
+            raise ConfigError(f"[{section}] retention and association_linger must not be "
+                              "negative")
     if isinstance(obj, QueryConfig) and obj.max_results < 1:
         raise ConfigError(f"[{section}] max_results must be >= 1")
     if isinstance(obj, LoggingConfig):

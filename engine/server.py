@@ -130,7 +130,8 @@ class Server:
                         routing.backoff_max),
             net.ae_title, net.max_pdu_length, self.config.retrieve.connect_timeout,
             self.config.retrieve.response_timeout,
-            routing_secret(self.config.storage.data_dir), routing.retention)
+            routing_secret(self.config.storage.data_dir), routing.retention,
+            routing.association_linger)
         archive.pipeline.set_router(RuleRouter(routing.rules, self.forwarder.wake))
         self.forwarder.start()
         log.info("routing: %d rule(s), %d destination(s)", len(routing.rules),

@@ -19,8 +19,10 @@ Sub-databases (keys are UTF-8):
     meta              name                                 -> value (schema version, totals)
     compress_queue    SOPInstanceUID                       -> b""     } compression stage
     compress_failures SOPInstanceUID                       -> reason  } (compression_state.py)
-    forward_jobs      destination NUL job id               -> job     } router queue
-    forward_pending   SOPInstanceUID                       -> count   } and store-and-
+    forward_jobs      destination NUL job id               -> job     } router queue,
+    forward_due       destination NUL due time, job id     -> trigger } destination
+    forward_destinations  destination                      -> health  } health and
+    forward_pending   SOPInstanceUID                       -> count   } store-and-
     forward_done      SOPInstanceUID                       -> time    } forward state
     study_activity    StudyInstanceUID                     -> time    } (forward_queue.py)
 
@@ -28,10 +30,11 @@ Every update of a record and of the keys that point to it happens in one write
 transaction, so the hierarchy is never seen half-updated.
 
 Schema versions: 1 had no secondary indexes, 2 had PatientID, AccessionNumber
-and StudyDate, 3 adds family names and modalities.  Opening an index of an
-older version read-write rebuilds every secondary table from the records, in
-one transaction with the new version number; read-only opens refuse it (they
-cannot write) and say how to upgrade.
+and StudyDate, 3 adds family names and modalities, 4 the forward queue's due
+index and destination health.  Opening an index of an older version
+read-write rebuilds every derived table from the records, in one transaction
+with the new version number; read-only opens refuse it (they cannot write)
+and say how to upgrade.
 """
 from __future__ import annotations
 
@@ -42,16 +45,17 @@ from pathlib import Path
 import lmdb
 
 from engine.errors import EngineError
-from engine.index import secondary
+from engine.index import forward_queue, secondary
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = b"3"
+SCHEMA_VERSION = b"4"
 #: Older versions whose records this version reads; opening one rebuilds the secondary tables.
-UPGRADABLE_VERSIONS = (b"1", b"2")
+UPGRADABLE_VERSIONS = (b"1", b"2", b"3")
 _DUPSORT = ("patient_studies", "study_series", "series_instances", *secondary.TABLES)
 _PLAIN = ("patients", "studies", "series", "instances", "blobs", "conflicts", "meta",
-          "compress_queue", "compress_failures", "forward_jobs", "forward_pending", "forward_done", "study_activity")
+          "compress_queue", "compress_failures", "forward_jobs", "forward_due",
+          "forward_destinations", "forward_pending", "forward_done", "study_activity")
 
 
 class IndexSchemaError(EngineError):
@@ -70,6 +74,8 @@ class Tables:
     compress_queue: object
     compress_failures: object
     forward_jobs: object
+    forward_due: object
+    forward_destinations: object
     forward_pending: object
     forward_done: object
     study_activity: object
@@ -118,9 +124,10 @@ class IndexDatabase:
             if version is None:
                 txn.put(b"schema_version", SCHEMA_VERSION, db=handles["meta"])
             elif version in UPGRADABLE_VERSIONS:
-                log.info("index schema %s: rebuilding secondary indexes for schema %s",
+                log.info("index schema %s: rebuilding derived tables for schema %s",
                          version.decode(), SCHEMA_VERSION.decode())
                 secondary.rebuild(txn, self.tables)
+                forward_queue.rebuild_due(txn, self.tables)
                 txn.put(b"schema_version", SCHEMA_VERSION, db=handles["meta"])
             else:
                 self._check_version(version)
@@ -133,7 +140,7 @@ class IndexDatabase:
             raise IndexSchemaError(
                 f"index schema {version.decode()} found, this version reads "
                 f"{SCHEMA_VERSION.decode()}: start the server once (pacs serve) on this data "
-                f"directory to rebuild the secondary indexes, then retry")
+                f"directory to rebuild the derived tables, then retry")
         raise IndexSchemaError(f"index schema {version.decode()} found, this version reads "
                                f"{SCHEMA_VERSION.decode()}")
 

@@ -294,6 +294,9 @@ class IndexReader:
                     skip: set[int]) -> list[forward_queue.ForwardJob]:
         return self._state(forward_queue.due, destination, now, limit, skip)
 
+    def forward_health(self, destination: str) -> forward_queue.DestinationHealth:
+        return self._state(forward_queue.destination_health, destination)
+
     def forward_summary(self) -> dict[str, forward_queue.DestinationSummary]:
         return self._state(forward_queue.summary)
 

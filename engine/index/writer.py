@@ -123,6 +123,24 @@ class IndexTransaction:
                        ) -> forward_queue.ForwardJob:
         return forward_queue.failed(self.txn, self.t, job, status, error, now, policy)
 
+    def forward_expire_aged(self, destination: str, now: float,
+                            policy: forward_queue.RetryPolicy, error: str
+                            ) -> list[forward_queue.ForwardJob]:
+        return forward_queue.expire_aged(self.txn, self.t, destination, now, policy, error)
+
+    def forward_health(self, destination: str) -> forward_queue.DestinationHealth:
+        return forward_queue.destination_health(self.txn, self.t, destination)
+
+    def set_forward_health(self, destination: str,
+                           health: forward_queue.DestinationHealth) -> None:
+        forward_queue.set_destination_health(self.txn, self.t, destination, health)
+
+    def forward_clear_in_flight(self) -> None:
+        forward_queue.clear_in_flight(self.txn, self.t)
+
+    def forget_quiet_studies(self, before: float) -> int:
+        return forward_queue.forget_quiet_studies(self.txn, self.t, before)
+
     def forward_retry(self, destination: str | None, study_uid: str | None,
                       now: float) -> int:
         return forward_queue.retry(self.txn, self.t, destination, study_uid, now)
@@ -345,6 +363,18 @@ class GroupCommitWriter:
         if isinstance(box[0], BaseException):
             raise box[0]
         return box[0]
+
+    def post(self, job: Callable[[IndexTransaction], object]) -> None:
+        """Run `job(tx)` in the writer's next transaction without waiting for it.
+
+        For bookkeeping whose loss in a crash costs nothing (the router's
+        in-flight counts); a failure is logged.
+        """
+        def resolve(result):
+            if isinstance(result, BaseException):
+                log.error("background index job failed: %s", result)
+
+        self._queue.put((job, resolve))
 
     def stop(self) -> None:
         """Commit everything queued so far, then end the thread."""

@@ -1,34 +1,40 @@
 """Delivery of the router's forward queue: per-destination workers with retries.
 
-Each destination gets `max_associations` workers.  A worker takes the oldest
-due jobs of its destination (a batch), sends them on one association (or
-writes them to a folder), and records each outcome in the index: delivered
-jobs are deleted, failed ones back off (capped exponential, jittered) and turn
-dead after too many attempts or too long.  Delivery is at least once: a job
-is deleted only after the destination's success (or warning) status.  Ingest
-wakes the workers after each commit, so forwarding starts at once; otherwise
-they poll for retries that come due.
+Each destination gets `max_associations` workers.  A worker claims the oldest
+due jobs of its destination (a batch), sends them on its association (or
+writes them to a folder), and records each outcome.  The association stays
+open for `linger` seconds after a batch, so instances arriving one by one
+during live ingest do not each pay for an association.
+
+Outcomes (see index/forward_queue.py for the rules):
+- delivered (success or warning status): the job is deleted.  Deletions are
+  grouped, a few per commit, by the bookkeeping task; a crash before that
+  commit re-sends them, which at-least-once delivery allows.
+- a failure of one instance (failure status, the peer aborting while it is
+  sent): charged to that job, which backs off and is dead-lettered after
+  `max_attempts`.
+- the destination cannot be reached: no job is charged; the destination is
+  down, backed off as a whole (one probe per backoff), and `max_age` alone
+  dead-letters what waits for it.
+
+Ingest wakes the workers after each commit, so forwarding starts at once;
+otherwise they poll for retries that come due.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
 import time
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 
-from engine.codec.transcode import transcode_file
 from engine.codec.workers import CodecWorkers
-from engine.dicom.part10 import encode_file_header
-from engine.errors import EngineError
-from engine.index.forward_queue import ForwardJob, RetryPolicy
+from engine.index.forward_queue import ACTIVITY_KEPT, DestinationHealth, ForwardJob, RetryPolicy
 from engine.index.reader import IndexReader
 from engine.index.writer import GroupCommitWriter
-from engine.net import status as st
-from engine.net.outbound import DatasetUnavailable
-from engine.net.requestor import AssociationFailed, RequestorAssociation
-from engine.net.retrieve_service import CopyRecipe, proposed_contexts, send_instance
+from engine.net.folder_delivery import write_to_folder
+from engine.net.peer_session import PeerSession, is_success
+from engine.net.requestor import AssociationFailed
+from engine.net.retrieve_service import CopyRecipe
 from engine.query.retrieve import RetrieveResolver, StoredInstance
 from engine.routing.copy import prepare_copy
 from engine.routing.deidentify import UIDMapper
@@ -38,17 +44,27 @@ log = logging.getLogger(__name__)
 
 _BATCH = 64
 _POLL = 1.0
-_UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
-_J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
+#: Delivered jobs are deleted in one commit once this many wait, or after _FLUSH_DELAY.
+_FLUSH_SIZE = 256
+_FLUSH_DELAY = 0.05
 
 
-def _prefer(job: ForwardJob) -> str | None:
-    return {"uncompressed": _UNCOMPRESSED[0],
-            "jpeg2000-lossless": _J2K_LOSSLESS}.get(job.order.transfer_syntax)
+@dataclass
+class _Link:
+    """The runtime state of one destination, shared by its workers."""
 
+    destination: Destination
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    claim: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Job ids claimed and not yet recorded (delivered ones until their deletion commits).
+    in_flight: set = field(default_factory=set)
+    health: DestinationHealth = field(default_factory=DestinationHealth)
+    probing: bool = False
+    published_in_flight: int = 0
 
-def _is_success(status: int) -> bool:
-    return status == st.SUCCESS or status == 0x0001 or 0xB000 <= status <= 0xBFFF
+    @property
+    def name(self) -> str:
+        return self.destination.name
 
 
 class Forwarder:
@@ -56,7 +72,7 @@ class Forwarder:
                  writer: GroupCommitWriter, resolver: RetrieveResolver, codec: CodecWorkers,
                  policy: RetryPolicy, our_ae_title: str, max_pdu_length: int,
                  connect_timeout: float, response_timeout: float,
-                 deidentify_secret: str, retention: float = 0.0) -> None:
+                 deidentify_secret: str, retention: float = 0.0, linger: float = 5.0) -> None:
         self.destinations = destinations
         self.reader = reader
         self.writer = writer
@@ -71,28 +87,35 @@ class Forwarder:
         self.deidentify_secret = deidentify_secret
         #: Store-and-forward: seconds a delivered instance stays (0 = archive mode).
         self.retention = retention
-        self._wake = {name: asyncio.Event() for name in destinations}
-        self._in_flight: dict[str, set[int]] = {name: set() for name in destinations}
-        self._claim = {name: asyncio.Lock() for name in destinations}
+        #: Seconds an idle association is kept for the next batch.
+        self.linger = linger
+        self._links: dict[str, _Link] = {}
+        self._delivered: list[tuple[_Link, ForwardJob]] = []
+        self._bookkeeping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        if self.retention > 0:
-            self._tasks.append(loop.create_task(self._expire(), name="forward-retention"))
-        for name, destination in self.destinations.items():
-            slots = destination.max_associations if isinstance(destination,
-                                                                DicomDestination) else 1
+        self._links = {name: _Link(destination)
+                       for name, destination in self.destinations.items()}
+        for name, link in self._links.items():  # backoffs survive a restart
+            link.health = replace(self.reader.forward_health(name), in_flight=0)
+        self.writer.post(lambda tx: tx.forward_clear_in_flight())
+        self._tasks.append(loop.create_task(self._bookkeeper(), name="forward-bookkeeping"))
+        self._tasks.append(loop.create_task(self._maintain(), name="forward-maintenance"))
+        for name, link in self._links.items():
+            slots = link.destination.max_associations if isinstance(
+                link.destination, DicomDestination) else 1
             for slot in range(max(1, slots)):
-                self._tasks.append(loop.create_task(self._worker(destination),
+                self._tasks.append(loop.create_task(self._worker(link),
                                                     name=f"forward-{name}-{slot}"))
 
     def wake(self, names=None) -> None:
-        for name in (names if names is not None else self._wake):
-            event = self._wake.get(name)
-            if event is not None:
-                event.set()
+        for name in (names if names is not None else self._links):
+            link = self._links.get(name)
+            if link is not None:
+                link.wake.set()
 
     async def stop(self) -> None:
         self._stopping = True
@@ -100,24 +123,85 @@ class Forwarder:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=10)
+        await self._flush_delivered()  # what was delivered is not sent again at next start
 
-    async def _expire(self) -> None:
-        """Store-and-forward: remove instances delivered everywhere `retention` s ago."""
-        store = self.resolver.store
-        while not self._stopping:
-            uids = await asyncio.to_thread(self.reader.forward_expired,
-                                           time.time() - self.retention, 500)
-            for uid in uids:
-                address = await asyncio.to_thread(
-                    self.writer.run_job, lambda tx, uid=uid: tx.forward_expire(uid))
-                if isinstance(address, str):
-                    await asyncio.to_thread(store.remove, address)
-            if uids:
-                log.info("store-and-forward: removed %d delivered instance(s)", len(uids))
-            if len(uids) < 500:
-                await asyncio.sleep(min(60.0, self.retention / 4 + 0.1))
+    # -- claiming work ------------------------------------------------------------------
+    async def _claim(self, link: _Link) -> list[ForwardJob]:
+        """The next batch of due jobs, disjoint from what siblings hold; none while the
+        destination is down, except one probe batch when its backoff has passed."""
+        async with link.claim:
+            now = time.time()
+            if link.health.down and (link.probing or now < link.health.next_probe):
+                return []
+            jobs = await asyncio.to_thread(self.reader.forward_due, link.name, now, _BATCH,
+                                           set(link.in_flight))
+            jobs = [j for j in jobs if j.job_id not in link.in_flight]
+            link.in_flight.update(j.job_id for j in jobs)
+            if jobs and link.health.down:
+                link.probing = True
+        if jobs:
+            self._bookkeeping.set()  # publish the in-flight count
+        if len(jobs) == _BATCH:
+            link.wake.set()  # more are due: a sibling worker may take them
+        return jobs
 
-    # -- a worker ---------------------------------------------------------------------
+    def _release(self, link: _Link, jobs: list[ForwardJob]) -> None:
+        link.in_flight.difference_update(j.job_id for j in jobs)
+        self._bookkeeping.set()
+
+    async def _idle(self, link: _Link, session: PeerSession | None) -> None:
+        """Wait for a wake-up or the poll interval; close an association idle too long."""
+        timeout = _POLL
+        if session is not None and session.is_open:
+            idle_left = session.last_used + self.linger - time.monotonic()
+            if idle_left <= 0:
+                await session.close()
+            else:
+                timeout = min(timeout, idle_left)
+        if link.health.down:
+            await self._notice_manual_retry(link)
+        link.wake.clear()
+        try:
+            await asyncio.wait_for(link.wake.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _notice_manual_retry(self, link: _Link) -> None:
+        """`pacs queue retry` (another process) moves a down destination's probe to now."""
+        stored = await asyncio.to_thread(self.reader.forward_health, link.name)
+        if stored.next_probe < link.health.next_probe:
+            link.health = replace(link.health, next_probe=stored.next_probe)
+
+    async def _worker(self, link: _Link) -> None:
+        destination = link.destination
+        session = PeerSession(destination, self.our_ae_title, self.max_pdu_length,
+                              self.connect_timeout, self.response_timeout) \
+            if isinstance(destination, DicomDestination) else None
+        try:
+            while not self._stopping:
+                jobs = await self._claim(link)
+                if not jobs:
+                    await self._idle(link, session)
+                    continue
+                probe = link.health.down  # then this worker holds the one probe batch
+                try:
+                    if session is None:
+                        await self._to_folder(link, jobs)
+                    else:
+                        await self._to_peer(link, session, jobs)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # a bug must not stop the destination's deliveries
+                    log.exception("forwarding to %s failed unexpectedly", link.name)
+                    await self._record_failures(link, jobs, None, "internal error (see log)")
+                finally:
+                    if probe:
+                        link.probing = False
+        finally:
+            if session is not None:
+                await session.close()
+
+    # -- sending ------------------------------------------------------------------------
     def copy_recipe(self, job: ForwardJob) -> CopyRecipe | None:
         """How to build the copy a rule changes (de-identification, attribute changes)."""
         order = job.order
@@ -126,146 +210,105 @@ class Forwarder:
         return prepare_copy, (tuple(order.changes),
                               self.deidentify_secret if order.deidentify else None)
 
-    async def _worker(self, destination: Destination) -> None:
-        name = destination.name
-        while not self._stopping:
-            in_flight = self._in_flight[name]
-            async with self._claim[name]:  # workers of one destination take disjoint jobs
-                jobs = await asyncio.to_thread(self.reader.forward_due, name, time.time(),
-                                               _BATCH, set(in_flight))
-                jobs = [j for j in jobs if j.job_id not in in_flight]
-                in_flight.update(j.job_id for j in jobs)
-            if len(jobs) == _BATCH:
-                self._wake[name].set()  # more are due: a sibling worker may take them
-            if not jobs:
-                event = self._wake[name]
-                event.clear()
-                try:
-                    await asyncio.wait_for(event.wait(), _POLL)
-                except asyncio.TimeoutError:
-                    pass
-                continue
-            try:
-                if isinstance(destination, FolderDestination):
-                    await self._to_folder(destination, jobs)
-                else:
-                    await self._to_peer(destination, jobs)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bug must not stop the destination's deliveries
-                log.exception("forwarding to %s failed unexpectedly", name)
-                await self._record_failures(jobs, None, "internal error (see log)")
-            finally:
-                in_flight.difference_update(j.job_id for j in jobs)
-
-    async def _instances(self, jobs: list[ForwardJob]
-                         ) -> list[tuple[ForwardJob, StoredInstance | None]]:
+    async def _instances(self, link: _Link, jobs: list[ForwardJob]
+                         ) -> list[tuple[ForwardJob, StoredInstance]]:
+        """The stored instances of `jobs`; jobs whose instance is gone fail."""
         def lookup():
             return [(job, self.resolver.stored(job.sop_instance_uid)) for job in jobs]
-        return await asyncio.to_thread(lookup)
+        pairs = await asyncio.to_thread(lookup)
+        await self._record_failures(link, [job for job, instance in pairs if instance is None],
+                                    None, "instance no longer in the archive")
+        return [(job, instance) for job, instance in pairs if instance is not None]
 
-    async def _to_peer(self, destination: DicomDestination, jobs: list[ForwardJob]) -> None:
-        pairs = await self._instances(jobs)
-        gone = [job for job, instance in pairs if instance is None]
-        await self._record_failures(gone, None, "instance no longer in the archive")
-        pairs = [(job, instance) for job, instance in pairs if instance is not None]
+    async def _to_peer(self, link: _Link, session: PeerSession,
+                       jobs: list[ForwardJob]) -> None:
+        pairs = await self._instances(link, jobs)
         if not pairs:
             return
-        contexts = proposed_contexts([instance for _, instance in pairs], extra=(_J2K_LOSSLESS,)
-                                     if any(_prefer(j) == _J2K_LOSSLESS for j, _ in pairs)
-                                     else ())[0]
-        classes = {cx.abstract_syntax for cx in contexts}
-        later = [(j, i) for j, i in pairs if i.sop_class_uid not in classes]
-        pairs = [(j, i) for j, i in pairs if i.sop_class_uid in classes]
         try:
-            association = await RequestorAssociation.open(
-                destination.host, destination.port,
-                destination.calling_ae_title or self.our_ae_title, destination.ae_title,
-                contexts, self.max_pdu_length, self.connect_timeout)
+            reused = await session.ensure([instance for _, instance in pairs],
+                                          [job.order.transfer_syntax for job, _ in pairs])
         except AssociationFailed as exc:
-            await self._record_failures([j for j, _ in pairs], None, str(exc))
+            await self._destination_failed(link, [job for job, _ in pairs], str(exc))
             return
-        association.timeout = self.response_timeout
-        done: list[ForwardJob] = []
-        try:
-            for index, (job, instance) in enumerate(pairs):
-                try:
-                    copy_uid = (UIDMapper(self.deidentify_secret).map(job.sop_instance_uid)
-                                if job.order.deidentify else None)
-                    status = await send_instance(association, instance, 0, None, self.codec,
-                                                 _prefer(job), self.copy_recipe(job), copy_uid)
-                except DatasetUnavailable as exc:
-                    status = None
-                    await self._record_failures([job], None, str(exc))
-                    continue
-                except AssociationFailed as exc:
-                    await self._record_failures([j for j, _ in pairs[index:]], None, str(exc))
-                    break
-                if _is_success(status):
-                    done.append(job)
-                    if status != st.SUCCESS:
-                        log.warning("forward of %s to %s delivered with warning 0x%04X",
-                                    job.sop_instance_uid, destination.name, status)
-                else:
-                    await self._record_failures([job], status,
-                                                f"{destination.ae_title} answered 0x{status:04X}")
-        finally:
-            await self._record_delivered(done)
-            await association.release()
-        if later:  # more SOP classes than one association can propose: next round
-            log.debug("%d jobs for %s wait for another association", len(later),
-                      destination.name)
-
-    async def _to_folder(self, destination: FolderDestination, jobs: list[ForwardJob]) -> None:
-        pairs = await self._instances(jobs)
-        done: list[ForwardJob] = []
-        for job, instance in pairs:
-            if instance is None:
-                await self._record_failures([job], None, "instance no longer in the archive")
-                continue
-            target = _prefer(job) or instance.transfer_syntax_uid
-            recipe = self.copy_recipe(job)
+        if link.health.down:
+            await self._destination_reachable(link)
+        unsendable = [(j, i) for j, i in pairs if not session.carries(i)]
+        if unsendable:  # more SOP classes than one association can propose: next round
+            self._release(link, [j for j, _ in unsendable])
+            pairs = [(j, i) for j, i in pairs if session.carries(i)]
+        for index, (job, instance) in enumerate(pairs):
+            copy_uid = (UIDMapper(self.deidentify_secret).map(job.sop_instance_uid)
+                        if job.order.deidentify else None)
             try:
-                dataset = None
-                if recipe is not None or target != instance.transfer_syntax_uid:
-                    function, extra = recipe or (transcode_file, ())
-                    dataset = await asyncio.to_thread(
-                        self.codec.run, function, str(instance.path), instance.dataset_offset,
-                        instance.transfer_syntax_uid, target, *extra)
-                names = (job.study_instance_uid, job.sop_instance_uid)
-                if job.order.deidentify:  # the file's name must not give the UIDs away
-                    mapper = UIDMapper(self.deidentify_secret)
-                    names = (mapper.map(names[0]), mapper.map(names[1]))
-                await asyncio.to_thread(_write_part10, destination.path, names, instance,
-                                        target, dataset)
-            except EngineError as exc:
-                await self._record_failures([job], None, f"cannot prepare the copy: {exc}")
-                continue
-            except OSError as exc:
-                await self._record_failures([job], None, f"cannot write: {exc.strerror}")
-                continue
-            done.append(job)
-        await self._record_delivered(done)
+                status = await session.send(instance, job.order.transfer_syntax, self.codec,
+                                            self.copy_recipe(job), copy_uid)
+            except AssociationFailed as exc:
+                rest = [j for j, _ in pairs[index:]]
+                if reused and index == 0:  # the peer closed our idle association: not its fault
+                    log.info("association to %s was closed while idle; reopening", link.name)
+                    self._release(link, rest)
+                    return
+                await self._record_failures(link, [job], None, str(exc))
+                await self._destination_failed(link, rest[1:], str(exc))
+                return
+            if status is None:
+                await self._record_failures(link, [job], None, session.last_error)
+            elif is_success(status):
+                self._note_delivered(link, job)
+                if status != 0x0000:
+                    log.warning("forward of %s to %s delivered with warning 0x%04X",
+                                job.sop_instance_uid, link.name, status)
+            else:
+                await self._record_failures(link, [job], status,
+                                            f"{link.destination.ae_title} answered "
+                                            f"0x{status:04X}")
+
+    async def _to_folder(self, link: _Link, jobs: list[ForwardJob]) -> None:
+        destination = link.destination
+        assert isinstance(destination, FolderDestination)
+        for job, instance in await self._instances(link, jobs):
+            error = await write_to_folder(destination, job, instance, self.codec,
+                                          self.copy_recipe(job), self.deidentify_secret)
+            if error:
+                await self._record_failures(link, [job], None, error)
+            else:
+                self._note_delivered(link, job)
 
     # -- outcomes -----------------------------------------------------------------------
-    async def _record_delivered(self, jobs: list[ForwardJob]) -> None:
-        if jobs:
-            now = time.time()
+    def _note_delivered(self, link: _Link, job: ForwardJob) -> None:
+        self._delivered.append((link, job))
+        self._bookkeeping.set()
 
-            def delete(tx):
-                for job in jobs:
-                    tx.forward_delivered(job, now, self.retention > 0)
+    async def _flush_delivered(self) -> None:
+        """Delete delivered jobs in one commit; only then are they free to be claimed."""
+        batch, self._delivered = self._delivered, []
+        if not batch:
+            return
+        now, record_done = time.time(), self.retention > 0
+
+        def delete(tx):
+            for _, job in batch:
+                tx.forward_delivered(job, now, record_done)
+        try:
             await asyncio.to_thread(self.writer.run_job, delete)
+        finally:
+            for link, job in batch:
+                link.in_flight.discard(job.job_id)
 
-    async def _record_failures(self, jobs: list[ForwardJob], status: int | None,
+    async def _record_failures(self, link: _Link, jobs: list[ForwardJob], status: int | None,
                                error: str) -> None:
+        """Charge an attempt to each of `jobs`."""
         if not jobs:
             return
         now = time.time()
 
         def fail(tx):
             return [tx.forward_failed(job, status, error, now, self.policy) for job in jobs]
-        updated = await asyncio.to_thread(self.writer.run_job, fail)
+        try:
+            updated = await asyncio.to_thread(self.writer.run_job, fail)
+        finally:
+            self._release(link, jobs)
         for job in updated:
             if job.state == "dead":
                 log.error("forward of %s to %s is dead after %d attempts: %s",
@@ -275,32 +318,78 @@ class Forwarder:
                          job.sop_instance_uid, job.order.destination, error,
                          job.next_attempt - now)
 
+    async def _destination_failed(self, link: _Link, jobs: list[ForwardJob],
+                                  error: str) -> None:
+        """The destination is down: back it off as a whole; `jobs` are not charged, and
+        what waited longer than max_age is dead-lettered."""
+        self._release(link, jobs)
+        now = time.time()
+        failures = link.health.failures + 1
+        health = replace(link.health, failures=failures, last_error=error[:200],
+                         down_since=link.health.down_since or now,
+                         next_probe=now + self.policy.delay(failures))
+        link.health = health
 
-def _write_part10(folder: Path, names: tuple[str, str], instance: StoredInstance,
-                  target_ts: str, dataset: bytes | None) -> None:
-    """Write folder/<study UID>/<SOP instance UID>.dcm durably: the stored file as it
-    is, or our file meta in front of a prepared `dataset` (changed, de-identified or
-    transcoded).
+        def record(tx):
+            tx.set_forward_health(link.name, replace(health, in_flight=len(link.in_flight)))
+            return tx.forward_expire_aged(link.name, now, self.policy,
+                                          f"destination down: {error}")
+        aged = await asyncio.to_thread(self.writer.run_job, record)
+        level = logging.WARNING if failures == 1 else logging.INFO
+        log.log(level, "destination %s is down (%s); next attempt in %.0f s", link.name, error,
+                health.next_probe - now)
+        if aged:
+            log.error("%d forward(s) to %s dead-lettered: older than %.0f s", len(aged),
+                      link.name, self.policy.max_age)
 
-    The names are UIDs that passed the UI grammar check at ingest, or our own
-    remapped ones (digits and dots only), so they cannot leave the folder.
-    """
-    study, sop = names
-    study_dir = folder / study
-    study_dir.mkdir(parents=True, exist_ok=True)
-    final = study_dir / f"{sop}.dcm"
-    temp = study_dir / f".{sop}.{secrets.token_hex(4)}.partial"
-    with open(temp, "wb") as dst:
-        if dataset is None:
-            with open(instance.path, "rb") as src:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
-        else:
-            dst.write(encode_file_header(instance.sop_class_uid, sop, target_ts))
-            dst.write(dataset)
-        dst.flush()
-        os.fsync(dst.fileno())
-    os.rename(temp, final)
+    async def _destination_reachable(self, link: _Link) -> None:
+        down_for = time.time() - link.health.down_since
+        link.health = DestinationHealth(in_flight=len(link.in_flight))
+        await asyncio.to_thread(self.writer.run_job,
+                                lambda tx: tx.set_forward_health(link.name, link.health))
+        log.warning("destination %s is reachable again after %.0f s", link.name, down_for)
+        link.wake.set()  # siblings resume too
+
+    # -- background ---------------------------------------------------------------------
+    async def _bookkeeper(self) -> None:
+        """Group the deletion of delivered jobs and publish in-flight counts."""
+        while True:
+            await self._bookkeeping.wait()
+            self._bookkeeping.clear()
+            if len(self._delivered) < _FLUSH_SIZE:
+                await asyncio.sleep(_FLUSH_DELAY)  # let a few more deliveries join the commit
+            await self._flush_delivered()
+            self._publish_in_flight()
+
+    def _publish_in_flight(self) -> None:
+        for link in self._links.values():
+            count = len(link.in_flight)
+            if count != link.published_in_flight:
+                link.published_in_flight = count
+                health = replace(link.health, in_flight=count)
+                self.writer.post(lambda tx, n=link.name, h=health: tx.set_forward_health(n, h))
+
+    async def _maintain(self) -> None:
+        """Store-and-forward removal of delivered instances; forget quiet studies."""
+        store = self.resolver.store
+        while not self._stopping:
+            removed = 0
+            if self.retention > 0:
+                uids = await asyncio.to_thread(self.reader.forward_expired,
+                                               time.time() - self.retention, 500)
+                for uid in uids:
+                    address = await asyncio.to_thread(
+                        self.writer.run_job, lambda tx, uid=uid: tx.forward_expire(uid))
+                    if isinstance(address, str):
+                        await asyncio.to_thread(store.remove, address)
+                removed = len(uids)
+                if removed:
+                    log.info("store-and-forward: removed %d delivered instance(s)", removed)
+            await asyncio.to_thread(self.writer.run_job, lambda tx: tx.forget_quiet_studies(
+                time.time() - ACTIVITY_KEPT))
+            if removed < 500:
+                pause = min(60.0, self.retention / 4 + 0.1) if self.retention > 0 else 600.0
+                await asyncio.sleep(pause)
 
 
 __all__ = ["Forwarder"]

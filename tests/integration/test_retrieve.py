@@ -36,8 +36,11 @@ class StorageSCP:
     """A pynetdicom storage SCP on loopback that records what it receives."""
 
     def __init__(self, ae_title: str = "DEST", transfer_syntaxes=None, delay: float = 0.0,
-                 status: int = 0x0000) -> None:
-        self.port = free_port()
+                 status: int = 0x0000, port: int | None = None) -> None:
+        self.port = port or free_port()
+        #: Associations accepted, and released by the peer, so far.
+        self.associations = 0
+        self.releases = 0
         self.ae_title = ae_title
         self.received: dict[str, Dataset] = {}
         self.transfer_syntaxes: dict[str, str] = {}
@@ -50,8 +53,15 @@ class StorageSCP:
                                      [EXPLICIT_LE, IMPLICIT_LE, *cx.transfer_syntax])
         ae.maximum_pdu_size = 16384
         self._ae = ae
-        self._server = ae.start_server((LOOPBACK, self.port), block=False,
-                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        self._server = ae.start_server((LOOPBACK, self.port), block=False, evt_handlers=[
+            (evt.EVT_C_STORE, self._on_store), (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_RELEASED, self._on_released)])
+
+    def _on_accepted(self, event):
+        self.associations += 1
+
+    def _on_released(self, event):
+        self.releases += 1
 
     def _on_store(self, event):
         if self.delay:

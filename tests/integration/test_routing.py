@@ -48,31 +48,87 @@ def queue_status(data_dir: Path) -> str:
 
 
 def test_destination_down_then_up_everything_delivered(tmp_path):
+    """An outage longer than max_attempts backoffs costs no instance its delivery:
+    the destination is backed off as a whole, its jobs are not charged."""
     port = free_port()
+    data_dir = tmp_path / "data"
     config = config_from_mapping(routing_config(
-        tmp_path / "data", {"PEER": peer("STORESCP", port)},
-        [{"name": "all", "forward": ["PEER"]}]))
+        data_dir, {"PEER": peer("STORESCP", port)},
+        [{"name": "all", "forward": ["PEER"]}], max_attempts=2))
     running = ServerThread(config).start()
     out = tmp_path / "received"
     out.mkdir()
     study = generate_study(71, profile="tiny", series=2, instances_per_series=3)
     try:
-        fill(running.port, study)  # the destination is down: every attempt fails
-        wait_until(lambda: "retrying" in queue_status(tmp_path / "data") and
-                   running.archive.reader.forward_summary()["PEER"].retrying == len(study),
-                   what="failed attempts")
+        fill(running.port, study)  # the destination is down: every probe fails
+        reader = running.archive.reader
+        wait_until(lambda: reader.forward_health("PEER").failures >= 4,
+                   what="four failed probes (twice max_attempts)")
+        summary = reader.forward_summary()["PEER"]
+        assert (summary.pending, summary.dead, summary.retrying) == (len(study), 0, 0)
+        assert summary.down_since is not None and "Connection refused" in summary.last_error
+        assert "DOWN for" in queue_status(data_dir)
         storescp = run_tool_background("storescp", "--aetitle", "STORESCP",
                                        "--output-directory", str(out), str(port))
         try:
-            wait_until(lambda: not running.archive.reader.forward_summary(),
-                       what="the queue to drain")
+            wait_until(lambda: not reader.forward_summary(), what="the queue to drain")
         finally:
             storescp.terminate()
             storescp.wait(10)
+        assert not reader.forward_health("PEER").down
     finally:
         running.stop()
     received = {pydicom.dcmread(p).SOPInstanceUID for p in out.iterdir()}
     assert received == {ds.SOPInstanceUID for ds in study}
+
+
+def test_instances_arriving_one_by_one_share_one_association(tmp_path):
+    """The association lingers between batches, then is released when idle."""
+    scp = StorageSCP("PEER")
+    config = config_from_mapping(routing_config(
+        tmp_path / "data", {"PEER": peer("PEER", scp.port)},
+        [{"name": "all", "forward": ["PEER"]}], association_linger=1.5))
+    running = ServerThread(config).start()
+    study = generate_study(79, profile="tiny", series=1, instances_per_series=4)
+    try:
+        for n, ds in enumerate(study, 1):  # each on its own inbound association
+            fill(running.port, [ds])
+            wait_until(lambda: len(scp.received) == n, what=f"instance {n} delivered")
+        assert (scp.associations, scp.releases) == (1, 0)
+        wait_until(lambda: scp.releases == 1, timeout=10, what="the idle association released")
+        wait_until(lambda: not running.archive.reader.forward_summary(), what="queue empty")
+    finally:
+        running.stop()
+        scp.stop()
+    assert set(scp.received) == {ds.SOPInstanceUID for ds in study}
+
+
+def test_destination_down_past_max_age_is_dead_lettered_then_retried(tmp_path):
+    port = free_port()
+    data_dir = tmp_path / "data"
+    config = config_from_mapping(routing_config(
+        data_dir, {"PEER": peer("PEER", port)}, [{"name": "all", "forward": ["PEER"]}],
+        max_age=3.0))
+    running = ServerThread(config).start()
+    study = generate_study(80, profile="tiny", series=1, instances_per_series=3)
+    scp = None
+    try:
+        fill(running.port, study)
+        reader = running.archive.reader
+        wait_until(lambda: reader.forward_summary().get("PEER") is not None and
+                   reader.forward_summary()["PEER"].dead == len(study),
+                   what="jobs dead-lettered by age")
+        assert reader.forward_summary()["PEER"].retrying == 0  # never charged an attempt
+        scp = StorageSCP("PEER", port=port)
+        out = subprocess.run([sys.executable, "-m", "engine", "queue", "retry", "--data-dir",
+                              str(data_dir)], capture_output=True, text=True, timeout=60)
+        assert f"{len(study)} job(s) due again" in out.stdout, out.stderr
+        wait_until(lambda: not reader.forward_summary(), what="redelivery after retry")
+    finally:
+        running.stop()
+        if scp is not None:
+            scp.stop()
+    assert set(scp.received) == {ds.SOPInstanceUID for ds in study}
 
 
 def test_rules_pick_destinations_and_folder_copy_is_changed(tmp_path):
