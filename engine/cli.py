@@ -16,6 +16,7 @@ def _config_from_args(args: argparse.Namespace) -> Config:
         network={"ae_title": getattr(args, "ae_title", None), "host": getattr(args, "host", None),
                  "port": getattr(args, "port", None)},
         storage={"data_dir": args.data_dir},
+        web={"port": getattr(args, "web_port", None)},
     )
 
 
@@ -40,8 +41,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         Server(config).run()
     except OSError as exc:
-        print(f"pacs: cannot serve on {config.network.host}:{config.network.port} with data in "
-              f"{config.storage.data_dir}: {exc.strerror or exc}", file=sys.stderr)
+        tls_port = f" (TLS port {config.tls.port})" if config.tls.port else ""
+        if config.web.enabled:
+            tls_port += f" (DICOMweb {config.web.host}:{config.web.port})"
+        print(f"pacs: cannot serve on {config.network.host}:{config.network.port}{tls_port} "
+              f"with data in {config.storage.data_dir}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     return 0
 
@@ -118,6 +122,18 @@ def cmd_queue(args: argparse.Namespace) -> int:
     import time
 
     config = _config_from_args(args)
+    if args.action == "warnings":
+        store, db, reader = _open_readonly(config)
+        try:
+            rows = reader.forward_warnings(args.destination, 1000)
+        finally:
+            db.close()
+        for name, uid, status, when in rows:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+            print(f"{stamp}  {name:<16} 0x{status:04X}  {uid}")
+        if not rows:
+            print("(no instance was delivered with a warning)")
+        return 0
     if args.action == "status":
         store, db, reader = _open_readonly(config)
         try:
@@ -138,6 +154,9 @@ def cmd_queue(args: argparse.Namespace) -> int:
                   f"{age:>10}  {error}")
         if not summary:
             print("(queue empty)")
+        warned = sum(s.warnings for s in summary.values())
+        if warned:
+            print(f"{warned} instance(s) delivered with a warning status: pacs queue warnings")
         return 0
     from engine.index.database import IndexDatabase
     from engine.index.writer import GroupCommitWriter
@@ -185,7 +204,9 @@ def cmd_route(args: argparse.Namespace) -> int:
             if since and record.received_at[:10].replace("-", "") < since:
                 continue
             try:  # every attribute a rule may name, not only the indexed ones
-                ds = pydicom.dcmread(store.path_of(record.content_hash), stop_before_pixels=True)
+                ds = pydicom.dcmread(reader.external_path(record.content_hash)
+                                     or store.path_of(record.content_hash),
+                                     stop_before_pixels=True)
             except (OSError, pydicom.errors.InvalidDicomError) as exc:
                 print(f"UNREADABLE {uid}: {exc}", file=sys.stderr)
                 continue
@@ -224,7 +245,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"MISMATCH  {uid}")
     for address in report.orphans:
         print(f"ORPHAN    {address}{' (removed)' if args.remove_orphans else ''}")
-    print(f"checked {report.checked} objects: {len(report.missing)} missing, "
+    print(f"checked {report.checked} objects"
+          + (f" ({report.external} imported in place)" if report.external else "")
+          + f": {len(report.missing)} missing, "
           f"{len(report.mismatched)} mismatched, {len(report.orphans)} orphans")
     return 0 if report.ok else 1
 
@@ -275,6 +298,78 @@ def cmd_find(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """Import a legacy archive's files (copy into the store, or register them in place)."""
+    from engine.migration.importer import ImportBusy, ImportOptions, Importer
+    from engine.migration.report import print_summary
+
+    config = _config_from_args(args)
+    logging.basicConfig(level=config.logging.level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    missing = [str(p) for p in args.paths if not p.exists() and not p.is_symlink()]
+    if missing:
+        print(f"pacs: no such file or directory: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    if args.report is not None and args.report.suffix.lower() not in (".json", ".csv"):
+        print("pacs: --report must name a .json or .csv file", file=sys.stderr)
+        return 2
+    options = ImportOptions(tuple(args.paths), in_place=args.in_place,
+                            workers=max(args.workers or 0, 0), route=args.route,
+                            ae_title=args.source_ae, report=args.report,
+                            settle_seconds=args.settle)
+    importer = Importer(config, options)
+    try:
+        summary = importer.run()
+    except ImportBusy as exc:
+        print(f"pacs: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # a second Ctrl-C: what was committed stays committed
+        summary = importer.summary
+        summary.interrupted = True
+    print_summary(summary, args.report, importer.problems, sys.stdout)
+    if summary.fatal:
+        return 2
+    if summary.interrupted:
+        return 130
+    return 1 if summary.rejected else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Selected instances to a folder (DICOMDIR) or a DICOM peer; the archive is only read."""
+    from engine.migration.export import ExportError, run_export
+    from engine.migration.export_selection import InvalidSelection, Selection
+
+    config = _config_from_args(args)
+    store, db, reader = _open_readonly(config)
+    try:
+        selection = Selection.from_options(args.patient, args.study, args.series, args.key)
+        report = run_export(config, store, reader, selection, folder=args.folder, to=args.to,
+                            deidentify=args.deidentify, uncompressed=args.uncompressed,
+                            calling_ae=args.calling_ae)
+    except (ExportError, InvalidSelection) as exc:
+        print(f"pacs: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pacs: interrupted" + (f"; {args.folder} is incomplete (no DICOMDIR)"
+                                     if args.folder else ""), file=sys.stderr)
+        return 130
+    finally:
+        db.close()
+    for uid, reason in report.failures:
+        print(f"FAILED   {uid}: {reason}")
+    for uid, reason in report.warnings:
+        print(f"WARNING  {uid}: {reason}")
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """The benchmark suite against DCMTK, Orthanc and pynetdicom (engine.bench)."""
+    from engine.bench.runner import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pacs", description="pacs-engine DICOM archive")
     parser.add_argument("--version", action="version", version=f"pacs-engine {__version__}")
@@ -289,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ae-title", help="our AE title (default PACS)")
     serve.add_argument("--host", help="listen address (default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="listen port (default 11112)")
+    serve.add_argument("--web-port", type=int, help="DICOMweb port (default 8042; 0 = any "
+                                                    "free port)")
     serve.set_defaults(func=cmd_serve)
 
     stats = sub.add_parser("stats", help="count patients, studies, series, instances, bytes")
@@ -311,9 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="try again instances that failed before")
     compress.set_defaults(func=cmd_compress)
 
-    queue = sub.add_parser("queue", help="the router's forward queue: status, retry, drop")
+    queue = sub.add_parser("queue", help="the router's forward queue: status, retry, drop, "
+                                         "warnings")
     common(queue)
-    queue.add_argument("action", nargs="?", choices=("status", "retry", "drop"),
+    queue.add_argument("action", nargs="?", choices=("status", "retry", "drop", "warnings"),
                        default="status")
     queue.add_argument("--destination", help="only this destination")
     queue.add_argument("--study", help="only this Study Instance UID")
@@ -329,6 +427,51 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--limit", type=int, default=1000, help="print at most this many")
     route.set_defaults(func=cmd_route)
 
+    imp = sub.add_parser("import", help="import a legacy archive's DICOM files (directories, "
+                                         "DICOMDIR); resumable, safe beside a running server")
+    common(imp)
+    imp.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                     help="files or directories to import")
+    imp.add_argument("--in-place", action="store_true",
+                     help="register files where they lie (hash recorded) instead of copying")
+    imp.add_argument("--workers", type=int, default=0,
+                     help="reader processes (default: one per core)")
+    imp.add_argument("--report", type=Path,
+                     help="write every file not imported, with its reason (.json or .csv)")
+    imp.add_argument("--route", action="store_true",
+                     help="apply the configured routing rules (default: imports are not routed)")
+    imp.add_argument("--source-ae", default="IMPORT",
+                     help="calling AE title recorded for imported instances (default IMPORT)")
+    imp.add_argument("--settle", type=float, default=2.0, metavar="SECONDS",
+                     help="read files modified this recently at the end (default 2)")
+    imp.set_defaults(func=cmd_import)
+
+    export = sub.add_parser("export", help="write selected instances to a folder (DICOMDIR) "
+                                           "or send them to a DICOM peer; reads the archive only")
+    common(export)
+    export.add_argument("--patient", metavar="ID", help="every instance of this Patient ID")
+    export.add_argument("--study", action="append", default=[], metavar="UID",
+                        help="this Study Instance UID (repeatable)")
+    export.add_argument("--series", action="append", default=[], metavar="UID",
+                        help="this Series Instance UID (repeatable)")
+    export.add_argument("-k", "--key", action="append", default=[],
+                        help="Keyword=value matched as by `pacs find` (wildcards, ranges, "
+                             "UID lists); repeatable, all must match")
+    where = export.add_mutually_exclusive_group(required=True)
+    where.add_argument("--folder", type=Path,
+                       help="write Part 10 files and a DICOMDIR into this empty or new folder")
+    where.add_argument("--to", metavar="AE[@HOST:PORT]",
+                       help="C-STORE to this peer: AE@host:port, or an AE title of "
+                            "[retrieve] destinations")
+    export.add_argument("--deidentify", action="store_true",
+                        help="PS3.15 Basic Profile copies, UIDs remapped with the archive's "
+                             "routing secret")
+    export.add_argument("--uncompressed", action="store_true",
+                        help="Explicit VR Little Endian instead of the stored transfer syntax")
+    export.add_argument("--calling-ae", help="our AE title towards the peer "
+                                             "(default [network] ae_title)")
+    export.set_defaults(func=cmd_export)
+
     find = sub.add_parser("find", help="query the index with C-FIND matching rules")
     common(find)
     find.add_argument("-k", "--key", action="append", default=[],
@@ -340,6 +483,13 @@ def build_parser() -> argparse.ArgumentParser:
     find.add_argument("--limit", type=int, default=1000, help="print at most this many")
     find.add_argument("--json", action="store_true", help="JSON instead of a table")
     find.set_defaults(func=cmd_find)
+
+    from engine.bench.runner import add_arguments as bench_arguments
+
+    bench = sub.add_parser("bench", help="benchmark pacs against DCMTK storescp, Orthanc and "
+                                         "pynetdicom: report, JSON, plots; every result checked")
+    bench_arguments(bench)
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

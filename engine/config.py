@@ -7,6 +7,8 @@ in pacs.example.toml, which a test loads so the two cannot drift apart.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,23 +81,65 @@ class QueryConfig:
 
 
 @dataclass(frozen=True)
+class RemoteAE:
+    """Where a known AE title is reached, and whether over TLS."""
+
+    host: str
+    port: int
+    tls: bool = False
+
+
+def _remote_ae(ae_title: Any, value: Any, where: str) -> RemoteAE:
+    """A destination given as "host:port", a {host, port, tls} table or a RemoteAE."""
+    if not isinstance(ae_title, str) or not 1 <= len(ae_title.strip()) <= 16 or \
+            "\\" in ae_title:
+        raise ConfigError(f"{where}: bad AE title {ae_title!r}")
+    if isinstance(value, RemoteAE):
+        host, port, tls = value.host, value.port, value.tls
+    elif isinstance(value, str):
+        host, sep, port_text = value.rpartition(":")
+        if not sep or not port_text.isdigit():
+            raise ConfigError(f"{where}.{ae_title} must be \"host:port\" or "
+                              f"{{ host = ..., port = ..., tls = true }}, got {value!r}")
+        port, tls = int(port_text), False
+    elif isinstance(value, Mapping):
+        unknown = set(value) - {"host", "port", "tls"}
+        if unknown:
+            raise ConfigError(f"{where}.{ae_title}: unknown option(s) "
+                              f"{', '.join(sorted(unknown))} (allowed: host, port, tls)")
+        host, port, tls = value.get("host"), value.get("port"), value.get("tls", False)
+        if not isinstance(port, int) or isinstance(port, bool) or not isinstance(tls, bool):
+            raise ConfigError(f"{where}.{ae_title}: port must be an integer and tls "
+                              f"true/false, got {value!r}")
+    else:
+        raise ConfigError(f"{where}.{ae_title} must be \"host:port\" or a table, got {value!r}")
+    if not isinstance(host, str) or not host.strip() or not 0 < port < 65536:
+        raise ConfigError(f"{where}.{ae_title}: needs a host and a port 1-65535, got {value!r}")
+    return RemoteAE(host.strip(), port, tls)
+
+
+@dataclass(frozen=True)
 class RetrieveConfig:
     """C-MOVE destinations and the associations we open to send instances."""
 
-    #: Known AE titles → "host:port": C-MOVE destinations, storage-commitment report targets.
-    destinations: Mapping[str, str] = field(default_factory=dict)
+    #: Known AE titles → where they are: C-MOVE destinations (the only ones: a C-MOVE
+    #: never goes to an address the requester names), storage-commitment report targets.
+    #: Given as "host:port" or {host, port, tls}; held as RemoteAE.
+    destinations: Mapping[str, RemoteAE] = field(default_factory=dict)
     #: Seconds to connect and to get an answer to A-ASSOCIATE-RQ / A-RELEASE-RQ.
     connect_timeout: float = 10.0
     #: Seconds a peer may take to answer one C-STORE sub-operation (or report).
     response_timeout: float = 60.0
 
-    def destination(self, ae_title: str) -> tuple[str, int] | None:
-        """(host, port) of a known AE title, or None."""
-        address = self.destinations.get(ae_title.strip())
-        if address is None:
-            return None
-        host, _, port = address.rpartition(":")
-        return host, int(port)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "destinations", {
+            ae.strip() if isinstance(ae, str) else ae:
+            _remote_ae(ae, value, "[retrieve] destinations")
+            for ae, value in self.destinations.items()})
+
+    def destination(self, ae_title: str) -> RemoteAE | None:
+        """Where a known AE title is, or None."""
+        return self.destinations.get(ae_title.strip())
 
 
 @dataclass(frozen=True)
@@ -161,6 +205,78 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True)
+class TLSConfig:
+    """DICOM TLS (engine/net/tls.py): the TLS listener, and our side of outgoing TLS."""
+
+    #: TCP port of the TLS listener, beside the plain one; 0 = none (DICOM TLS: 2762).
+    port: int = 0
+    #: Also listen without TLS on [network] port; false = TLS only.
+    plain_listener: bool = True
+    #: Our certificate (PEM, chain allowed) and its unencrypted private key (PEM).
+    certificate: str = ""
+    key: str = ""
+    #: CA certificates (PEM) that peers' certificates must chain to, both directions.
+    ca_file: str = ""
+    #: Refuse TLS clients without a valid certificate; when false, one presented is verified.
+    require_client_certificate: bool = True
+    #: Seconds a TLS handshake may take before the connection is dropped.
+    handshake_timeout: float = 10.0
+    #: Oldest protocol version accepted and offered: "1.2" or "1.3".
+    min_version: str = "1.2"
+    #: Outgoing: the peer's certificate must name the host we connect to.
+    check_hostname: bool = True
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """One known peer: a calling AE title and what must be true of its connections."""
+
+    ae_title: str
+    #: Source addresses or networks ("10.0.0.5", "10.1.0.0/16"); empty = any.
+    addresses: tuple[str, ...] = ()
+    #: Subject CN the (verified) TLS client certificate must have; "" = not checked.
+    certificate_cn: str = ""
+    #: SHA-256 fingerprint of the client certificate, lowercase hex; "" = not checked.
+    certificate_sha256: str = ""
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """The known-peer table (engine/net/peers.py)."""
+
+    #: Refuse calling AE titles not in `peers` (or [network] allowed_calling_ae_titles).
+    deny_unknown: bool = False
+    #: [[security.peers]]; a listed AE title must meet its entry, whatever deny_unknown says.
+    peers: tuple[PeerConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """The DICOMweb API (engine/web, PS3.18): QIDO-RS, WADO-RS, STOW-RS over HTTP."""
+
+    enabled: bool = True
+    #: Listen address; loopback by default. Any other address needs authentication.
+    host: str = "127.0.0.1"
+    #: TCP port (0 = any free port, reported at start-up).
+    port: int = 8042
+    #: URL prefix of the DICOMweb resources (/studies, /series, /instances).
+    base_path: str = "/dicomweb"
+    #: Largest STOW-RS request body in bytes (larger: 413, the upload is cut off).
+    max_upload_bytes: int = 4 << 30
+    #: "none" (loopback hosts only), "token" (Authorization: Bearer) or "basic".
+    authentication: str = "none"
+    #: SHA-256 (hex) of each accepted bearer token; the tokens themselves are not stored.
+    token_sha256: tuple[str, ...] = ()
+    #: Basic authentication: the user name and its password hash (python -m
+    #: engine.web.auth prints one: "pbkdf2_sha256$iterations$salt$hash").
+    user: str = ""
+    password_hash: str = ""
+    #: Origins allowed to call the API from a browser (CORS), e.g. an OHIF viewer's
+    #: "https://viewer.example.org"; "*" allows any origin (without credentials).
+    cors_origins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
 
@@ -177,6 +293,9 @@ class Config:
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
     def with_overrides(self, **sections: Mapping[str, Any]) -> "Config":
         """Return a copy with some fields of some sections replaced (CLI flags)."""
@@ -186,7 +305,9 @@ class Config:
             if values:
                 changes[name] = _build(type(getattr(self, name)), {
                     **dataclasses.asdict(getattr(self, name)), **values}, name)
-        return dataclasses.replace(self, **changes)
+        config = dataclasses.replace(self, **changes)
+        _check_together(config)
+        return config
 
 
 _DUPLICATE_POLICIES = {"keep-first", "replace", "reject"}
@@ -202,6 +323,16 @@ def _build(cls: type, raw: Mapping[str, Any], section: str) -> Any:
     if cls is RoutingConfig:
         kwargs.update(_routing_tables(raw, section))
         raw = {k: v for k, v in raw.items() if k not in kwargs}
+    if cls is RetrieveConfig and "destinations" in raw:
+        destinations = raw["destinations"]
+        if not isinstance(destinations, Mapping):
+            raise ConfigError(f"{section}.destinations: expected a table, got {destinations!r}")
+        kwargs["destinations"] = {ae: _remote_ae(ae, value, f"[{section}] destinations")
+                                  for ae, value in destinations.items()}
+        raw = {k: v for k, v in raw.items() if k != "destinations"}
+    if cls is SecurityConfig and "peers" in raw:
+        kwargs["peers"] = _peers(raw["peers"], f"{section}.peers")
+        raw = {k: v for k, v in raw.items() if k != "peers"}
     for name, value in raw.items():
         default = getattr(cls(), name)
         kwargs[name] = _coerce(value, default, f"{section}.{name}")
@@ -218,6 +349,50 @@ def _routing_tables(raw: Mapping[str, Any], section: str) -> dict[str, Any]:
     except RoutingConfigError as exc:
         raise ConfigError(f"[{section}] {exc}") from exc
     return {"destinations": destinations, "rules": rules}
+
+
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+
+
+def _peers(raw: Any, where: str) -> tuple[PeerConfig, ...]:
+    """[[security.peers]] as PeerConfig entries: AE titles unique, addresses and
+    fingerprints checked (a fingerprint may be written with colons, in any case)."""
+    if not isinstance(raw, (list, tuple)):
+        raise ConfigError(f"{where}: expected an array of tables, got {raw!r}")
+    peers, seen = [], set()
+    names = {f.name for f in dataclasses.fields(PeerConfig)}
+    for i, entry in enumerate(raw):
+        here = f"{where}[{i}]"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{here}: expected a table, got {entry!r}")
+        unknown = set(entry) - names
+        if unknown:
+            raise ConfigError(f"{here}: unknown option(s) {', '.join(sorted(unknown))}")
+        ae_title = entry.get("ae_title")
+        if not isinstance(ae_title, str) or not 1 <= len(ae_title.strip()) <= 16 or \
+                "\\" in ae_title or not all(" " <= c <= "~" for c in ae_title):
+            raise ConfigError(f"{here}.ae_title: 1-16 printable ASCII characters without "
+                              f"backslash, got {ae_title!r}")
+        ae_title = ae_title.strip()
+        if ae_title in seen:
+            raise ConfigError(f"{here}.ae_title: {ae_title!r} is listed twice (one entry per "
+                              "AE title; list several addresses in it)")
+        seen.add(ae_title)
+        addresses = _coerce(entry.get("addresses", []), (), f"{here}.addresses")
+        for address in addresses:
+            try:
+                ipaddress.ip_network(address.strip(), strict=False)
+            except ValueError:
+                raise ConfigError(f"{here}.addresses: not an IP address or network: "
+                                  f"{address!r}") from None
+        cn = _coerce(entry.get("certificate_cn", ""), "", f"{here}.certificate_cn").strip()
+        sha256 = _coerce(entry.get("certificate_sha256", ""), "", f"{here}.certificate_sha256")
+        sha256 = sha256.replace(":", "").strip().lower()
+        if sha256 and not _FINGERPRINT.fullmatch(sha256):
+            raise ConfigError(f"{here}.certificate_sha256: expected 64 hex digits (colons "
+                              "allowed)")
+        peers.append(PeerConfig(ae_title, tuple(a.strip() for a in addresses), cn, sha256))
+    return tuple(peers)
 
 
 def _coerce(value: Any, default: Any, where: str) -> Any:
@@ -280,13 +455,6 @@ def _validate(obj: Any, section: str) -> None:
         if obj.min_free_bytes < 0:
             raise ConfigError(f"[{section}] min_free_bytes must not be negative")
     if isinstance(obj, RetrieveConfig):
-        for ae_title, address in obj.destinations.items():
-            host, sep, port = address.rpartition(":")
-            if not 1 <= len(ae_title.strip()) <= 16 or "\\" in ae_title:
-                raise ConfigError(f"[{section}] destinations: bad AE title {ae_title!r}")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ConfigError(f"[{section}] destinations.{ae_title} must be \"host:port\", "
-                                  f"got {address!r}")
         if obj.connect_timeout <= 0 or obj.response_timeout <= 0:
             raise ConfigError(f"[{section}] timeouts must be positive")
     if isinstance(obj, CodecConfig):
@@ -308,11 +476,70 @@ def _validate(obj: Any, section: str) -> None:
         if obj.retention < 0 or obj.association_linger < 0:
             raise ConfigError(f"[{section}] retention and association_linger must not be "
                               "negative")
+    if isinstance(obj, TLSConfig):
+        if not 0 <= obj.port <= 65535:
+            raise ConfigError(f"[{section}] port out of range: {obj.port}")
+        if obj.handshake_timeout <= 0:
+            raise ConfigError(f"[{section}] handshake_timeout must be positive")
+        if obj.min_version not in {"1.2", "1.3"}:
+            raise ConfigError(f"[{section}] min_version must be \"1.2\" or \"1.3\" (BCP 195: "
+                              "nothing older than TLS 1.2)")
+        if bool(obj.certificate) != bool(obj.key):
+            raise ConfigError(f"[{section}] certificate and key go together")
+        if obj.port and not obj.certificate:
+            raise ConfigError(f"[{section}] a TLS listener (port) needs certificate and key")
+        if obj.port and obj.require_client_certificate and not obj.ca_file:
+            raise ConfigError(f"[{section}] require_client_certificate needs ca_file (the CA "
+                              "that client certificates must chain to)")
+        if not obj.plain_listener and not obj.port:
+            raise ConfigError(f"[{section}] plain_listener = false needs a TLS port")
+    if isinstance(obj, WebConfig):
+        _validate_web(obj, section)
     if isinstance(obj, QueryConfig) and obj.max_results < 1:
         raise ConfigError(f"[{section}] max_results must be >= 1")
     if isinstance(obj, LoggingConfig):
         if obj.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ConfigError(f"[{section}] level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+
+
+_PASSWORD_HASH = re.compile(r"pbkdf2_sha256\$[1-9][0-9]*\$[0-9a-f]{16,}\$[0-9a-f]{64}")
+_WEB_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)*")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` names only this machine (a socket there is not reachable from others)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip()).is_loopback
+    except ValueError:
+        return False
+
+
+def _validate_web(obj: "WebConfig", section: str) -> None:
+    if not 0 <= obj.port <= 65535:
+        raise ConfigError(f"[{section}] port out of range: {obj.port}")
+    if not obj.host.strip():
+        raise ConfigError(f"[{section}] host must not be empty")
+    if not _WEB_PATH.fullmatch(obj.base_path) or obj.base_path.endswith("/"):
+        raise ConfigError(f"[{section}] base_path must look like \"/dicomweb\" (or \"\" for "
+                          "the root), got {obj.base_path!r}")
+    if obj.max_upload_bytes < 1024:
+        raise ConfigError(f"[{section}] max_upload_bytes must be at least 1024")
+    if obj.authentication not in {"none", "token", "basic"}:
+        raise ConfigError(f"[{section}] authentication must be \"none\", \"token\" or \"basic\"")
+    if obj.authentication == "token":
+        if not obj.token_sha256 or not all(_FINGERPRINT.fullmatch(t) for t in obj.token_sha256):
+            raise ConfigError(f"[{section}] authentication = \"token\" needs token_sha256: the "
+                              "SHA-256 of each token, 64 lowercase hex digits")
+    if obj.authentication == "basic":
+        if not obj.user or ":" in obj.user or not _PASSWORD_HASH.fullmatch(obj.password_hash):
+            raise ConfigError(f"[{section}] authentication = \"basic\" needs user (without ':') "
+                              "and password_hash (python -m engine.web.auth prints one)")
+    if obj.enabled and obj.authentication == "none" and not is_loopback_host(obj.host):
+        raise ConfigError(f"[{section}] host {obj.host!r} is not a loopback address: the "
+                          "DICOMweb API would be open to the network without authentication "
+                          "(set authentication = \"token\" or \"basic\", or host = \"127.0.0.1\")")
 
 
 def parse_window(text: str) -> tuple[int, int] | None:
@@ -330,6 +557,25 @@ def parse_window(text: str) -> tuple[int, int] | None:
     return minutes[0], minutes[1]
 
 
+def _check_together(config: Config) -> None:
+    """Rules that span sections: ports, and TLS asked for somewhere but not configured."""
+    tls = config.tls
+    if tls.port and tls.plain_listener and tls.port == config.network.port:
+        raise ConfigError(f"[tls] port {tls.port} is also [network] port")
+    wanting = [f"[retrieve] destinations.{ae}" for ae, remote in
+               config.retrieve.destinations.items() if remote.tls]
+    wanting += [f"[routing.destinations.{name}]" for name, destination in
+                config.routing.destinations.items() if getattr(destination, "tls", False)]
+    if wanting and not tls.ca_file:
+        raise ConfigError(f"{wanting[0]} says tls = true: [tls] needs ca_file (the CA that "
+                          "the peer's certificate must chain to)")
+    bound = [p.ae_title for p in config.security.peers
+             if p.certificate_cn or p.certificate_sha256]
+    if bound and not (tls.port and tls.ca_file):
+        raise ConfigError(f"[security] peer {bound[0]!r} is bound to a client certificate: "
+                          "[tls] needs port and ca_file to verify one")
+
+
 def config_from_mapping(raw: Mapping[str, Any]) -> Config:
     """Build a Config from a parsed TOML document (sections network/storage/logging)."""
     sections = {f.name: f.type for f in dataclasses.fields(Config)}
@@ -342,7 +588,9 @@ def config_from_mapping(raw: Mapping[str, Any]) -> Config:
         if not isinstance(section, Mapping):
             raise ConfigError(f"[{f.name}] must be a table")
         built[f.name] = _build(type(getattr(Config(), f.name)), section, f.name)
-    return Config(**built)
+    config = Config(**built)
+    _check_together(config)
+    return config
 
 
 def load_config(path: str | Path | None = None) -> Config:

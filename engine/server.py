@@ -24,6 +24,8 @@ from engine.index.forward_queue import RetryPolicy
 from engine.net.commitment_service import CommitmentReporter
 from engine.net.forwarder import Forwarder
 from engine.net.listener import DicomListener, ListenerLimits
+from engine.net.peers import PeerTable
+from engine.net.tls import client_context, server_context
 from engine.net.services import ServiceProvider
 from engine.query.find import FindExecutor
 from engine.query.retrieve import RetrieveResolver
@@ -85,13 +87,23 @@ class Server:
         self.forwarder: Forwarder | None = None
         self.compression_workers: CodecWorkers | None = None
         self.port: int | None = None
+        #: Port of the DICOM TLS listener, when [tls] port is set.
+        self.tls_port: int | None = None
+        #: Our side of outgoing TLS associations (destinations with tls = true).
+        self.client_ssl = None
+        #: The DICOMweb API ([web]) and its bound port.
+        self.web = None
+        self.web_port: int | None = None
         self._stop = asyncio.Event()
 
     async def startup(self) -> None:
-        net = self.config.network
+        net, tls = self.config.network, self.config.tls
+        # Certificates are read first: a bad file stops the start before the archive opens.
+        server_ssl = server_context(tls) if tls.port else None
+        self.client_ssl = client_context(tls) if tls.ca_file else None
         self.archive = Archive.open(self.config)
-        policy = AcceptorPolicy(net.ae_title, net.max_pdu_length, net.allowed_calling_ae_titles,
-                                net.require_called_ae_title)
+        policy = AcceptorPolicy(net.ae_title, net.max_pdu_length,
+                                require_called_ae_title=net.require_called_ae_title)
         limits = ListenerLimits(net.max_associations, net.max_associations_per_ip,
                                 net.max_associate_rq_length, net.artim_timeout,
                                 net.idle_timeout, net.dimse_timeout,
@@ -100,25 +112,50 @@ class Server:
         codec = self.config.codec
         self.codec = CodecWorkers(codec.workers, codec.task_timeout, codec.memory_limit)
         reporter = CommitmentReporter(archive.store, archive.reader, self.config.retrieve,
-                                      net.ae_title, net.max_pdu_length)
+                                      net.ae_title, net.max_pdu_length, self.client_ssl)
         services = ServiceProvider(
             archive.pipeline, FindExecutor(archive.reader, archive.store), self.config.query,
             RetrieveResolver(archive.reader, archive.store), self.config.retrieve, self.codec,
-            net.ae_title, net.max_pdu_length, reporter)
-        self.listener = DicomListener(policy, limits, services)
+            net.ae_title, net.max_pdu_length, reporter, self.client_ssl)
+        peers = PeerTable.from_config(self.config.security, net.allowed_calling_ae_titles)
+        self.listener = DicomListener(policy, limits, services, peers)
         try:
-            self.port = await self.listener.start(net.host, net.port)
+            if tls.plain_listener:
+                self.port = await self.listener.start(net.host, net.port)
+            if server_ssl is not None:
+                self.tls_port = await self.listener.start(net.host, tls.port, server_ssl,
+                                                          tls.handshake_timeout)
+            if self.config.web.enabled:
+                await self._start_web()
         except BaseException:
+            await self.listener.stop(grace=0)  # a socket already listening is closed again
             self.listener = None
             self.archive.close()  # commit nothing half-open; the caller reports the error
             self.archive = None
             raise
-        log.info("%s listening on %s:%d, data in %s", net.ae_title, net.host, self.port,
+        log.info("%s listening on %s%s%s, data in %s", net.ae_title, net.host,
+                 f" port {self.port}" if self.port is not None else "",
+                 f" TLS port {self.tls_port}" if self.tls_port is not None else "",
                  self.config.storage.data_dir)
+        if peers.active:
+            log.info("known peers: %d, unknown calling AE titles %s", len(peers.peers),
+                     "refused" if peers.deny_unknown else "admitted")
         if self.config.routing.enabled:
             self._start_routing()
         if self.config.compression.enabled:
             self._start_compression()
+
+    async def _start_web(self) -> None:
+        """DICOMweb (engine/web) on this loop: same archive, pipeline and codec workers."""
+        from engine.web.app import WebServer, WebServices, build_app
+
+        web, archive = self.config.web, self.archive
+        services = WebServices(archive.reader, archive.store, archive.pipeline, self.codec,
+                               self.config.query.max_results)
+        self.web = WebServer(build_app(services, web), web)
+        self.web_port = await self.web.start()
+        log.info("DICOMweb on http://%s:%d%s (authentication: %s)", web.host, self.web_port,
+                 web.base_path or "/", web.authentication)
 
     def _start_routing(self) -> None:
         """Rules decide at ingest; per-destination workers deliver the durable queue."""
@@ -131,7 +168,7 @@ class Server:
             net.ae_title, net.max_pdu_length, self.config.retrieve.connect_timeout,
             self.config.retrieve.response_timeout,
             routing_secret(self.config.storage.data_dir), routing.retention,
-            routing.association_linger)
+            routing.association_linger, self.client_ssl)
         archive.pipeline.set_router(RuleRouter(routing.rules, self.forwarder.wake))
         self.forwarder.start()
         log.info("routing: %d rule(s), %d destination(s)", len(routing.rules),
@@ -167,6 +204,8 @@ class Server:
 
     async def shutdown(self) -> None:
         log.info("stopping: no new associations, finishing in-flight stores")
+        if self.web is not None:
+            await self.web.stop()  # in-flight requests get a few seconds, then are cancelled
         if self.listener is not None:
             await self.listener.stop()
             await self.listener.services.reporter.drain(self.config.retrieve.connect_timeout +

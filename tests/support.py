@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from engine.config import (
-    CodecConfig, Config, NetworkConfig, QueryConfig, RetrieveConfig, StorageConfig)
+    CodecConfig, Config, NetworkConfig, QueryConfig, RetrieveConfig, StorageConfig, WebConfig)
 from engine.server import Server, event_loop_factory
 
 LOOPBACK = "127.0.0.1"
@@ -78,10 +78,13 @@ def make_config(data_dir: Path, **network) -> Config:
     query = network.pop("query", {})
     retrieve = network.pop("retrieve", {})
     codec = network.pop("codec", {})
+    # DICOMweb only when a test asks for it (web={...}), then on a free port.
+    web = network.pop("web", None)
+    web = WebConfig(**{"port": 0, **web}) if web is not None else WebConfig(enabled=False)
     return Config(network=NetworkConfig(host=LOOPBACK, port=0, **network),
                   storage=StorageConfig(data_dir=data_dir, **storage),
                   query=QueryConfig(**query), retrieve=RetrieveConfig(**retrieve),
-                  codec=CodecConfig(**codec))
+                  codec=CodecConfig(**codec), web=web)
 
 
 class ServerThread:
@@ -118,6 +121,11 @@ class ServerThread:
         return self.server.port
 
     @property
+    def web_port(self) -> int:
+        assert self.server.web_port is not None
+        return self.server.web_port
+
+    @property
     def archive(self):
         return self.server.archive
 
@@ -134,7 +142,7 @@ class ServerProcess:
         self.port = port
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "engine", "serve", "--data-dir", str(data_dir),
-             "--host", LOOPBACK, "--port", str(port), *extra],
+             "--host", LOOPBACK, "--port", str(port), "--web-port", "0", *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

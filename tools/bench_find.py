@@ -3,7 +3,7 @@
     python -m tools.bench_find --out bench-find        # 20,000 studies x 50 instances = 1M
     python -m tools.bench_find --smoke --out /tmp/bf   # a few seconds: 400 x 5, no Orthanc
 
-1. One seeded catalogue (tools.find_archive) per scale: the large one (default
+1. One seeded catalogue (engine.bench.catalogue) per scale: the large one (default
    20,000 studies x 50 instances) and a small one (200 x 50 = 10,000 instances).
 2. pacs: the index is filled through the index writer's transaction code (no
    network, no files: fake content hashes, so only indexed keys are asked for),
@@ -16,6 +16,8 @@
 4. The report gives medians, Orthanc ÷ pacs, and pacs 1M ÷ pacs 10k.
 
 Loops are bounded by --runs and --budget (seconds per query and client).
+Catalogue, clients and servers are engine.bench's; `pacs bench --scenarios find`
+runs the same queries interleaved per round, with every match count checked.
 """
 from __future__ import annotations
 
@@ -27,11 +29,11 @@ import sys
 import time
 from pathlib import Path
 
-from tools.bench_store import BenchError, find_dcmtk, find_orthanc
-from tools.find_archive import StudySpec, catalogue, fill_index
-from tools.find_clients import (
+from engine.bench.catalogue import StudySpec, catalogue, fill_index
+from engine.bench.environment import BenchError, find_dcmtk, find_orthanc
+from engine.bench.find_clients import (
     Association, Query, RawFind, Timing, probe_study, queries, time_findscu)
-from tools.find_peers import OrthancFindPeer, PacsFindPeer
+from engine.bench.find_peers import OrthancFindPeer, PacsFindPeer
 
 LARGE_RESULTS = ("all-studies",)  # fewer runs: seconds each through pynetdicom
 

@@ -30,228 +30,25 @@ ingest rate alone (>= 0.8).  Modes run in alternating order, round after
 round; medians are reported.  Every pacs run starts on an empty data directory.
 
     python -m tools.bench_forward --instances 500 --rounds 5 --out bench-out/forward
+
+The processes and timed modes are engine.bench.scenarios.forward's, which
+`pacs bench --scenarios forward` runs (live and drain, every arrival checked).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from tools.bench_store import (
-    DCMTK_ENV, LOOPBACK, REPO, BenchError, DataSpec, find_dcmtk, free_port, machine_info,
-    prepare_data, tree_cpu_seconds)
-
-AE_TITLE, DEST_AE, CALLING_AE = "PACS", "STORESCP", "BENCH"
-MODES = ("direct", "live", "ingest", "drain", "recover")
-BACKOFF_MAX = 0.5
-POLL = 0.05
-
-
-def _tool(name: str) -> str:
-    path = find_dcmtk(name)
-    if path is None:
-        raise BenchError(f"DCMTK {name} not found (apt install dcmtk)")
-    return path
-
-
-# --- processes -----------------------------------------------------------------------
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
-    """Wait until something accepts on `port` (`proc` must stay alive meanwhile)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"{Path(proc.args[0]).name} exited with {proc.returncode}")
-        try:
-            with socket.create_connection((LOOPBACK, port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise BenchError(f"nothing listening on {port} after {timeout:g} s")
-
-
-def _stop(proc: subprocess.Popen | None) -> None:
-    """SIGTERM to the process group we created, then SIGKILL (forked storescp children)."""
-    if proc is None:
-        return
-    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            pass
-
-
-def start_storescp(directory: Path, port: int, fork: bool, log: Path) -> subprocess.Popen:
-    command = [_tool("storescp"), *(["--fork"] if fork else []), "--aetitle", DEST_AE,
-               "-od", str(directory), str(port)]
-    with open(log, "ab") as out:
-        return subprocess.Popen(command, env=DCMTK_ENV, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def pacs_config(data_dir: Path, port: int, scp_port: int | None, associations: int) -> str:
-    """A pacs config; with `scp_port`, one rule forwards everything to storescp there."""
-    text = (f'[network]\nae_title = "{AE_TITLE}"\nhost = "{LOOPBACK}"\nport = {port}\n'
-            f'[storage]\ndata_dir = "{data_dir}"\n'
-            f'[retrieve]\nconnect_timeout = 2.0\n')
-    if scp_port is not None:
-        # Small backoff and no dead jobs while storescp is down (drain, recover).
-        text += (f'[routing]\nbackoff_base = {BACKOFF_MAX / 2}\nbackoff_max = {BACKOFF_MAX}\n'
-                 'max_attempts = 1000000\n'
-                 '[[routing.rules]]\nname = "all"\nforward = ["PEER"]\n'
-                 f'[routing.destinations.PEER]\ntype = "dicom"\nae_title = "{DEST_AE}"\n'
-                 f'host = "{LOOPBACK}"\nport = {scp_port}\nmax_associations = {associations}\n')
-    return text
-
-
-#: `python -m engine`, or `python SCRIPT` (--pacs-launcher: a script that profiles or
-#: monkeypatches the server, then runs engine.cli.main on its arguments).
-PACS_COMMAND = [sys.executable, "-m", "engine"]
-
-
-def start_pacs(work: Path, scp_port: int | None, associations: int
-               ) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    config = work / "pacs.toml"
-    config.write_text(pacs_config(work / "data", port, scp_port, associations))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
-    with open(work / "pacs.log", "ab") as out:
-        proc = subprocess.Popen([*PACS_COMMAND, "serve", "--config", str(config)],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=REPO, start_new_session=True)
-    try:
-        _wait_port(port, proc)
-    except BenchError:
-        _stop(proc)
-        raise
-    return proc, port
-
-
-def send(dirs: list[Path], port: int, called_ae: str, work: Path, timeout: float) -> float:
-    """P storescu processes, one per directory, started together; wall time they all ended."""
-    procs = []
-    try:
-        for i, directory in enumerate(dirs):
-            with open(work / f"storescu-{i}.log", "ab") as out:
-                procs.append(subprocess.Popen(
-                    [_tool("storescu"), "+sd", "+r", "+sp", "*.dcm", "-aet", CALLING_AE,
-                     "-aec", called_ae, LOOPBACK, str(port), str(directory)],
-                    env=DCMTK_ENV, stdout=out, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL))
-        deadline = time.monotonic() + timeout
-        for proc in procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                raise BenchError(f"storescu did not finish within {timeout:g} s") from None
-        ended = time.time()
-        if any(p.returncode != 0 for p in procs):
-            raise BenchError(f"storescu exited {[p.returncode for p in procs]} "
-                             f"(see {work}/storescu-*.log)")
-        return ended
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-
-
-def arrivals(directory: Path, count: int, timeout: float) -> tuple[float, float]:
-    """Wait until storescp wrote `count` files and the last one is finished; the first and
-    last modification times (wall clock)."""
-    deadline = time.monotonic() + timeout
-    previous = None
-    while time.monotonic() < deadline:
-        with os.scandir(directory) as entries:
-            times = [e.stat().st_mtime for e in entries if e.is_file()]
-        if len(times) >= count:
-            span = (min(times), max(times))
-            if span == previous:  # nothing written for one poll: the last file is complete
-                return span
-            previous = span
-        time.sleep(POLL)
-    raise BenchError(f"storescp wrote fewer than {count} files within {timeout:g} s")
-
-
-def _pacs_count(data_dir: Path) -> int:
-    out = subprocess.run([sys.executable, "-m", "engine", "stats", "--data-dir", str(data_dir)],
-                         capture_output=True, text=True, timeout=120, cwd=REPO)
-    for line in out.stdout.splitlines():
-        if line.startswith("instances"):
-            return int(line.split()[1])
-    raise BenchError(f"pacs stats failed ({out.returncode}): {out.stderr[-400:]}")
-
-
-# --- one run of one mode --------------------------------------------------------------
-def run_mode(mode: str, parallel: int, dirs: list[Path], count: int, work: Path,
-             timeout: float, scp_dir: Path | None = None) -> dict:
-    """Fresh peers, one timed transfer, everything stopped; seconds by measure.
-
-    storescp writes into a fresh directory under `scp_dir` (default: `work`).
-    """
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    received = Path(tempfile.mkdtemp(prefix="received-", dir=scp_dir or work))
-    fork = parallel > 1
-    scp_port = free_port()
-    storescp = pacs = None
-    result: dict[str, float] = {}
-    try:
-        if mode in ("direct", "live"):
-            storescp = start_storescp(received, scp_port, fork, work / "storescp.log")
-            _wait_port(scp_port, storescp)
-        if mode != "direct":
-            pacs, pacs_port = start_pacs(work, None if mode == "ingest" else scp_port, parallel)
-        os.sync()  # earlier runs' dirty pages must not be flushed on this run's clock
-        cpu = tree_cpu_seconds(pacs.pid) if pacs else 0.0
-        started = time.time()
-        if mode == "direct":
-            send(dirs, scp_port, DEST_AE, work, timeout)
-        else:  # drain, recover: ingest while every forward attempt fails
-            result["ingest"] = send(dirs, pacs_port, AE_TITLE, work, timeout) - started
-        if mode == "drain":  # restart with every job due: no backoff or poll wait left
-            _stop(pacs)
-            pacs = None
-            time.sleep(BACKOFF_MAX + 0.1)
-            os.sync()
-            storescp = start_storescp(received, scp_port, fork, work / "storescp.log")
-            _wait_port(scp_port, storescp)
-            started = time.time()
-            pacs, pacs_port = start_pacs(work, scp_port, parallel)
-            cpu = None  # start-up CPU would count; recover measures forwarding CPU
-        elif mode == "recover":  # storescp comes up under a running pacs
-            os.sync()
-            cpu = tree_cpu_seconds(pacs.pid)
-            started = time.time()  # storescp is up a few ms later (pacs may connect first)
-            storescp = start_storescp(received, scp_port, fork, work / "storescp.log")
-        if mode != "ingest":
-            first, last = arrivals(received, count, timeout)
-            result["first_to_last"] = last - first
-            result["end_to_end"] = last - started
-            result["first_file"] = first - started
-        if pacs is not None and cpu is not None:
-            result["pacs_cpu"] = tree_cpu_seconds(pacs.pid) - cpu
-    finally:
-        _stop(pacs)
-        _stop(storescp)
-        shutil.rmtree(received, ignore_errors=True)
-    if mode == "ingest" and _pacs_count(work / "data") != count:
-        raise BenchError("pacs does not hold every instance after the ingest run")
-    shutil.rmtree(work, ignore_errors=True)
-    return result
+from engine.bench.data import DataSpec, prepare_data
+from engine.bench.environment import BenchError, machine_info
+from engine.bench.scenarios.forward import (  # noqa: F401  (names this tool always had)
+    BACKOFF_MAX, MODES, PACS_COMMAND, _tool, arrivals, default_scp_dir, pacs_config, run_mode,
+    send, start_pacs, start_storescp)
 
 
 # --- summary ---------------------------------------------------------------------------
@@ -361,17 +158,6 @@ def run(instances: int, rounds: int, parallels: list[int], modes: list[str], out
     return doc
 
 
-def _default_scp_dir() -> str:
-    """/dev/shm when it is a tmpfs (a remote destination's disk is not ours), else ''."""
-    try:
-        with open("/proc/mounts") as mounts:
-            if any(line.split()[1:3] == ["/dev/shm", "tmpfs"] for line in mounts):
-                return "/dev/shm"
-    except OSError:
-        pass
-    return ""
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench_forward", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -382,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-out/forward"))
     parser.add_argument("--cache", type=Path, default=Path("bench-out/cache"))
     parser.add_argument("--timeout", type=float, default=600.0, help="per step, seconds")
-    parser.add_argument("--scp-dir", default=_default_scp_dir(),
+    parser.add_argument("--scp-dir", default=default_scp_dir(),
                         help="where storescp writes (default /dev/shm when it is a tmpfs: "
                              "a destination on pacs's disk makes pacs's fsyncs wait for its "
                              "writeback); --scp-dir '' writes under --out")

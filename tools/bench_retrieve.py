@@ -12,6 +12,9 @@ directory.  Medians of the wall times are reported with their ratio
 every wait bounded.
 
     python -m tools.bench_retrieve --instances 500 --rounds 5 --out bench-out/retrieve
+
+`pacs bench --scenarios move` is the same comparison with Orthanc added and every
+received instance checked (engine/bench/scenarios/move.py).
 """
 from __future__ import annotations
 
@@ -27,9 +30,10 @@ from pathlib import Path
 
 import pydicom
 
-from tools.bench_store import (
-    DCMTK_ENV, LOOPBACK, BenchError, DataSpec, find_dcmtk, free_port, machine_info,
-    prepare_data)
+from engine.bench.data import DataSpec, prepare_data
+from engine.bench.environment import (
+    DCMTK_ENV, LOOPBACK, BenchError, find_dcmtk, free_port, machine_info, pacs_base_config,
+    pacs_env)
 
 AE_TITLE, DEST_AE = "PACS", "STORESCP"
 
@@ -90,7 +94,8 @@ def run(instances: int, rounds: int, out: Path, cache: Path, timeout: float) -> 
     received.mkdir()
     scp_port, pacs_port = free_port(), free_port()
     config = work / "pacs.toml"
-    config.write_text(f'[network]\nae_title = "{AE_TITLE}"\nhost = "{LOOPBACK}"\n'
+    config.write_text(pacs_base_config()
+                      + f'[network]\nae_title = "{AE_TITLE}"\nhost = "{LOOPBACK}"\n'
                       f'port = {pacs_port}\n[storage]\ndata_dir = "{work / "data"}"\n'
                       f'[retrieve]\ndestinations = {{ {DEST_AE} = "{LOOPBACK}:{scp_port}" }}\n')
     storescp = subprocess.Popen([_tool("storescp"), "--aetitle", DEST_AE, "-od", str(received),
@@ -98,7 +103,7 @@ def run(instances: int, rounds: int, out: Path, cache: Path, timeout: float) -> 
                                 stderr=subprocess.DEVNULL)
     pacs_log = open(work / "pacs.log", "wb")
     pacs = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--config", str(config)],
-                            stdout=pacs_log, stderr=subprocess.STDOUT)
+                            stdout=pacs_log, stderr=subprocess.STDOUT, env=pacs_env())
     try:
         _wait_port(scp_port, storescp)
         _wait_port(pacs_port, pacs)

@@ -27,6 +27,8 @@ Command line::
     python -m tools.bench_store --smoke --out /tmp/bench-smoke
 
 Writes OUT/report.md (also printed) and OUT/results.json (every raw run).
+The peers, data cache, sender and measurement are engine.bench's, shared with
+`pacs bench` (the whole suite: more scenarios, more peers, plots, --compare).
 """
 from __future__ import annotations
 
@@ -34,425 +36,33 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
-import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import threading
-import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import psutil
 
+# The machinery lives in engine.bench (`pacs bench` runs from the installed package);
+# these names stay importable from here for the other tools and the tests.
+from engine.bench.data import DataSet, DataSpec, prepare_data  # noqa: F401
+from engine.bench.environment import (  # noqa: F401
+    AE_TITLE, CALLING_AE, DCMTK_ENV, LOOPBACK, BenchError, find_dcmtk, find_orthanc, free_port,
+    machine_info)
+from engine.bench.measure import RssSampler, tree_cpu_seconds, tree_rss  # noqa: F401
+from engine.bench.peers import (  # noqa: F401
+    OrthancPeer, PacsPeer, Peer, StorescpPeer, make_peer)
+from engine.bench.senders import run_senders, storescu_command  # noqa: F401
+from engine.bench.senders import tail as _tail
+
 REPO = Path(__file__).resolve().parents[1]
-LOOPBACK = "127.0.0.1"
-AE_TITLE = "PACS"
-CALLING_AE = "BENCH"
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
-CACHE_VERSION = 1
 SCENARIOS = ("ct1", "ct4", "large", "tiny")
 PEERS = ("pacs", "storescp", "storescp-B", "orthanc")
 DEFAULTS = {"ct_count": 2000, "large_count": 50, "tiny_count": 2000, "runs": 3}
 SMOKE = {"ct_count": 40, "large_count": 4, "tiny_count": 40, "runs": 1}
-SAMPLE_INTERVAL = 0.05
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-class BenchError(RuntimeError):
-    """A run could not be completed (start failure, sender error, timeout)."""
-
-
-# --- tools ---------------------------------------------------------------------
-_tool_cache: dict[str, str | None] = {}
-
-
-def find_dcmtk(name: str) -> str | None:
-    """First `name` on PATH that really is DCMTK (pynetdicom installs same-named apps)."""
-    if name in _tool_cache:
-        return _tool_cache[name]
-    found = None
-    for directory in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin"]:
-        path = shutil.which(name, path=directory)
-        if path is None:
-            continue
-        try:
-            probe = subprocess.run([path, "--version"], capture_output=True, text=True,
-                                   timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if "dcmtk" in (probe.stdout + probe.stderr).lower():
-            found = path
-            break
-    _tool_cache[name] = found
-    return found
-
-
-def find_orthanc() -> str | None:
-    return shutil.which("Orthanc") or next(
-        (p for p in ("/usr/sbin/Orthanc", "/usr/bin/Orthanc") if os.access(p, os.X_OK)), None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
-# --- data ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DataSpec:
-    name: str
-    profile: str
-    count: int
-    parts: int
-    per_series: int
-    seed: int
-
-
-@dataclass
-class DataSet:
-    spec: DataSpec
-    root: Path
-    part_dirs: list[Path]
-    files: int
-    bytes: int
-
-
-def _split(n: int, parts: int) -> list[int]:
-    return [n // parts + (i < n % parts) for i in range(parts)]
-
-
-def _scan(root: Path) -> tuple[int, int]:
-    files = size = 0
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            if name.endswith(".dcm"):
-                files += 1
-                size += os.stat(os.path.join(dirpath, name)).st_size
-    return files, size
-
-
-def prepare_data(spec: DataSpec, cache: Path, log: Callable[[str], None]) -> DataSet:
-    """Generate `spec` under cache/<name> once; reuse it while its manifest matches."""
-    from tools.generate_data import generate_tree
-
-    top = cache / spec.name
-    manifest_path = top / "manifest.json"
-    root = top / "files"  # the manifest stays outside what storescu scans
-    wanted = {"version": CACHE_VERSION, **asdict(spec)}
-    part_dirs = [root / f"part{i}" for i in range(spec.parts)]
-    if manifest_path.exists():
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except ValueError:
-            manifest = {}
-        if {k: manifest.get(k) for k in wanted} == wanted:
-            files, size = _scan(root)
-            if files == manifest.get("files") == spec.count and size == manifest.get("bytes"):
-                log(f"data: reusing {root} ({files} files, {size / 1e6:.1f} MB)")
-                return DataSet(spec, root, part_dirs, files, size)
-        log(f"data: cache {top} does not match, regenerating")
-    shutil.rmtree(top, ignore_errors=True)
-    building = cache / f"{spec.name}.building"
-    shutil.rmtree(building, ignore_errors=True)
-    started = time.perf_counter()
-    for i, n in enumerate(_split(spec.count, spec.parts)):
-        # Studies of one series of `per_series` instances, and one shorter study for the rest.
-        full, rest = divmod(n, spec.per_series)
-        part, seed = building / "files" / f"part{i}", spec.seed + 10 * i
-        if full:
-            generate_tree(part / "a", full, spec.profile, 1, spec.per_series, seed=seed)
-        if rest:
-            generate_tree(part / "b", 1, spec.profile, 1, rest, seed=seed + 1)
-    files, size = _scan(building)
-    if files != spec.count:
-        raise BenchError(f"generated {files} files for {spec.name}, wanted {spec.count}")
-    (building / "manifest.json").write_text(
-        json.dumps({**wanted, "files": files, "bytes": size}, indent=2))
-    building.rename(top)
-    log(f"data: generated {root} ({files} files, {size / 1e6:.1f} MB) "
-        f"in {time.perf_counter() - started:.1f} s")
-    return DataSet(spec, root, part_dirs, files, size)
-
-
-# --- process measurement ----------------------------------------------------------
-def _ticks(pid: int) -> int:
-    """utime+stime+cutime+cstime of one process (zombies included), in clock ticks."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return 0
-    # fields[0] is state (field 3); utime..cstime are fields 14..17.
-    return sum(int(x) for x in fields[11:15])
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU of a process and all its descendants, dead ones included.
-
-    Each living process counts its own time plus that of the children it has
-    reaped (cutime/cstime); a child not yet reaped counts on its own, so every
-    process is counted exactly once.
-    """
-    try:
-        pids = [c.pid for c in psutil.Process(pid).children(recursive=True)]
-    except psutil.Error:
-        pids = []
-    total = sum(_ticks(p) for p in pids) + _ticks(pid)
-    return total / CLK_TCK
-
-
-def tree_rss(pid: int) -> int:
-    total = 0
-    try:
-        procs = [psutil.Process(pid)]
-        procs += procs[0].children(recursive=True)
-    except psutil.Error:
-        return 0
-    for proc in procs:
-        try:
-            total += proc.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
-
-
-class RssSampler:
-    """Samples the RSS of a process tree every 50 ms on a thread; keeps the peak."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.peak = 0
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss(self.pid))
-            self.samples += 1
-            self._stop.wait(SAMPLE_INTERVAL)
-
-    def __enter__(self) -> "RssSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.peak = max(self.peak, tree_rss(self.pid))
-
-
-# --- peers -----------------------------------------------------------------------------
-class Peer:
-    """A storage SCP started fresh for one run and stopped after it."""
-
-    name = ""
-    start_timeout = 30.0
-
-    def __init__(self) -> None:
-        self.proc: subprocess.Popen | None = None
-        self.port = 0
-        self.data_dir = Path()
-        self._log = None
-
-    def unavailable(self) -> str | None:
-        """Why this peer cannot run here, or None."""
-        return None
-
-    def prepare(self, run_dir: Path) -> None:
-        """Hook: write configuration once port and data directory are known."""
-
-    def command(self, run_dir: Path, scenario: str) -> list[str]:
-        raise NotImplementedError
-
-    def env(self) -> dict:
-        return DCMTK_ENV
-
-    def start(self, run_dir: Path, scenario: str) -> None:
-        self.port = free_port()
-        self.data_dir = run_dir / "data"
-        self.data_dir.mkdir(parents=True)
-        self.prepare(run_dir)
-        cmd = self.command(run_dir, scenario)
-        self._log = open(run_dir / "server.log", "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=self.env(), cwd=REPO,
-                                     start_new_session=True)
-        deadline = time.monotonic() + self.start_timeout
-        echoscu = find_dcmtk("echoscu")
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise BenchError(f"{self.name} exited with {self.proc.returncode} at start: "
-                                 f"{_tail(run_dir / 'server.log')}")
-            if self._ready(echoscu):
-                return
-            time.sleep(0.1)
-        raise BenchError(f"{self.name} did not answer C-ECHO within {self.start_timeout:.0f} s")
-
-    def _ready(self, echoscu: str | None) -> bool:
-        if echoscu is None:
-            try:
-                with socket.create_connection((LOOPBACK, self.port), timeout=0.5):
-                    return True
-            except OSError:
-                return False
-        try:
-            probe = subprocess.run(
-                [echoscu, "-to", "2", "-ta", "5", "-aet", CALLING_AE, "-aec", AE_TITLE,
-                 LOOPBACK, str(self.port)],
-                capture_output=True, env=DCMTK_ENV, timeout=15)
-        except subprocess.TimeoutExpired:
-            return False
-        return probe.returncode == 0
-
-    def count(self) -> int:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        """Stop gracefully (SIGTERM), then kill the process group; always safe to call."""
-        proc = self.proc
-        if proc is not None:
-            try:
-                if proc.poll() is None:
-                    _signal_group(proc, signal.SIGTERM)
-                    try:
-                        proc.wait(30)
-                    except subprocess.TimeoutExpired:
-                        pass
-                _signal_group(proc, signal.SIGKILL)  # leftovers: forked storescp children
-                proc.wait(10)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-            self.proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    """Signal the session/process group we created for `proc` (its own id)."""
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _tail(path: Path, n: int = 600) -> str:
-    """The end of a log file, on one line."""
-    try:
-        return " / ".join(path.read_text(errors="replace")[-n:].strip().splitlines())
-    except OSError:
-        return ""
-
-
-class PacsPeer(Peer):
-    name = "pacs"
-
-    def command(self, run_dir: Path, scenario: str) -> list[str]:
-        return [sys.executable, "-m", "engine", "serve", "--data-dir", str(self.data_dir),
-                "--host", LOOPBACK, "--port", str(self.port), "--ae-title", AE_TITLE]
-
-    def env(self) -> dict:
-        path = os.environ.get("PYTHONPATH")
-        return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO)}
-
-    def count(self) -> int:
-        out = subprocess.run(
-            [sys.executable, "-m", "engine", "stats", "--data-dir", str(self.data_dir)],
-            capture_output=True, text=True, timeout=120, cwd=REPO, env=self.env())
-        match = re.search(r"^instances\s+(\d+)", out.stdout, re.M)
-        if out.returncode != 0 or match is None:
-            raise BenchError(f"pacs stats failed ({out.returncode}): {out.stderr[-400:]}")
-        return int(match.group(1))
-
-
-class StorescpPeer(Peer):
-    def __init__(self, bit_preserving: bool) -> None:
-        super().__init__()
-        self.bit_preserving = bit_preserving
-        self.name = "storescp-B" if bit_preserving else "storescp"
-
-    def unavailable(self) -> str | None:
-        return None if find_dcmtk("storescp") else "DCMTK storescp not found (apt install dcmtk)"
-
-    @staticmethod
-    def forks(scenario: str) -> bool:
-        return scenario == "ct4"
-
-    def command(self, run_dir: Path, scenario: str) -> list[str]:
-        cmd = [find_dcmtk("storescp") or "storescp"]
-        if self.forks(scenario):
-            cmd.append("--fork")
-        if self.bit_preserving:
-            cmd.append("+B")
-        return cmd + ["-od", str(self.data_dir), "-aet", AE_TITLE, str(self.port)]
-
-    def count(self) -> int:
-        return sum(len(names) for _, _, names in os.walk(self.data_dir))
-
-
-class OrthancPeer(Peer):
-    name = "orthanc"
-    start_timeout = 90.0
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.http_port = 0
-
-    def unavailable(self) -> str | None:
-        return None if find_orthanc() else ("Orthanc not installed (Debian package 'orthanc'; "
-                                             "--install-peers installs it)")
-
-    def command(self, run_dir: Path, scenario: str) -> list[str]:
-        return [find_orthanc() or "Orthanc", str(run_dir / "orthanc.json")]
-
-    def env(self) -> dict:
-        # Orthanc's DICOM layer is DCMTK's: without TCP_NODELAY=1 every response waits
-        # ~40 ms for a delayed ACK, which would measure the kernel, not Orthanc.
-        return DCMTK_ENV
-
-    def prepare(self, run_dir: Path) -> None:
-        self.http_port = free_port()
-        config = {
-            "Name": "pacs-engine-bench", "DicomAet": AE_TITLE, "DicomPort": self.port,
-            "HttpPort": self.http_port, "HttpServerEnabled": True, "DicomServerEnabled": True,
-            "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-            "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True,
-            "StorageDirectory": str(self.data_dir / "storage"),
-            "IndexDirectory": str(self.data_dir / "index"),
-            "StorageCompression": False, "SyncStorageArea": True, "Plugins": [],
-        }
-        (run_dir / "orthanc.json").write_text(json.dumps(config, indent=2))
-
-    def _ready(self, echoscu: str | None) -> bool:
-        return super()._ready(echoscu) and self._http("/system") is not None
-
-    def _http(self, path: str):
-        try:
-            with urllib.request.urlopen(f"http://{LOOPBACK}:{self.http_port}{path}",
-                                        timeout=5) as r:
-                return json.loads(r.read())
-        except (OSError, ValueError):
-            return None
-
-    def count(self) -> int:
-        stats = self._http("/statistics")
-        if stats is None:
-            raise BenchError("Orthanc REST /statistics did not answer")
-        return int(stats["CountInstances"])
-
-
-def make_peer(name: str) -> Peer:
-    return {"pacs": PacsPeer, "storescp": lambda: StorescpPeer(False),
-            "storescp-B": lambda: StorescpPeer(True), "orthanc": OrthancPeer}[name]()
 
 
 # --- one run ------------------------------------------------------------------------
@@ -479,44 +89,6 @@ class RunResult:
     started_at: str = ""
 
 
-def storescu_command(port: int, directory: Path) -> list[str]:
-    storescu = find_dcmtk("storescu")
-    if storescu is None:
-        raise BenchError("DCMTK storescu not found (apt install dcmtk)")
-    return [storescu, "+sd", "+r", "+sp", "*.dcm", "-aet", CALLING_AE, "-aec", AE_TITLE,
-            LOOPBACK, str(port), str(directory)]
-
-
-def run_senders(dirs: list[Path], port: int, run_dir: Path, timeout: float
-                ) -> tuple[float, list[dict]]:
-    """Start one storescu per directory together; wall time until all have exited."""
-    procs: list[tuple[subprocess.Popen, object]] = []
-    results = []
-    try:
-        started = time.perf_counter()
-        for i, d in enumerate(dirs):
-            log = open(run_dir / f"storescu-{i}.log", "wb")
-            procs.append((subprocess.Popen(storescu_command(port, d), stdout=log,
-                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                           env=DCMTK_ENV), log))
-        deadline = started + timeout
-        for proc, _ in procs:
-            try:
-                proc.wait(max(0.1, deadline - time.perf_counter()))
-            except subprocess.TimeoutExpired:
-                raise BenchError(f"storescu did not finish within {timeout:g} s") from None
-        elapsed = time.perf_counter() - started
-        for i, (proc, _) in enumerate(procs):
-            results.append({"returncode": proc.returncode, "directory": str(dirs[i])})
-        return elapsed, results
-    finally:
-        for proc, log in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-            log.close()
-
-
 def run_one(scenario: str, peer: Peer, run: int, dataset: DataSet, warmup: DataSet, out: Path,
             keep_data: bool, sender_timeout: float | None) -> RunResult:
     """Fresh peer, warm-up store, sync, timed send, count check, stop (always)."""
@@ -530,7 +102,7 @@ def run_one(scenario: str, peer: Peer, run: int, dataset: DataSet, warmup: DataS
     timeout = sender_timeout or 120 + dataset.bytes / 2e6  # >= 2 MB/s or it is broken
     try:
         try:
-            peer.start(run_dir, scenario)
+            peer.start(run_dir, scenario, 4 if scenario == "ct4" else 1)
         except (BenchError, OSError) as exc:
             result.status, result.reason = "start-failed", str(exc)
             return result
@@ -575,37 +147,6 @@ def run_one(scenario: str, peer: Peer, run: int, dataset: DataSet, warmup: DataS
 
 
 # --- report -------------------------------------------------------------------------------
-def machine_info(out: Path) -> dict:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        df = subprocess.run(["df", "-hT", str(out)], capture_output=True, text=True,
-                            timeout=10).stdout.splitlines()[-1].split()
-        disk = f"{df[0]} {df[1]}, {df[2]} total, {df[4]} free, mounted on {df[6]}"
-    except (OSError, subprocess.SubprocessError, IndexError):
-        disk = "unknown"
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                                capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    dcmtk = ""
-    if find_dcmtk("storescu"):
-        probe = subprocess.run([find_dcmtk("storescu"), "--version"], capture_output=True,
-                               text=True, timeout=10)
-        m = re.search(r"v(\d+\.\d+\.\d+)", probe.stdout)
-        dcmtk = m.group(1) if m else ""
-    return {"nproc": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
-            "disk": disk, "python": platform.python_version(), "dcmtk": dcmtk,
-            "git": commit, "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)}
-
-
 def _stats(values: list[float]) -> tuple[float, float, float] | None:
     values = [v for v in values if v is not None]
     if not values:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from engine.codec.transcode import can_transcode
 from engine.compression.policy import JPEG_2000_LOSSLESS
+from engine.bench.environment import pacs_base_config
 from engine.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from tools.bench_store import (
     REPO, BenchError, DataSet, PacsPeer, _tail, run_senders, tree_cpu_seconds)
@@ -196,7 +197,7 @@ class BackloggedPacs(PacsPeer):
     def prepare(self, run_dir: Path) -> None:
         shutil.copytree(self.template, self.data_dir, dirs_exist_ok=True)
         (run_dir / "pacs.toml").write_text(
-            "[compression]\n"
+            pacs_base_config() + "[compression]\n"
             f"enabled = {'true' if self.compression else 'false'}\n"
             "min_size = 0\n"
             f"sweep_interval = {self.sweep_interval}\n"

@@ -180,7 +180,11 @@ class CompressionStage:
         if record is None or not self._wanted(uid, record, now, ignore_delay):
             self.writer.run_job(lambda tx: tx.dequeue_compression(uid))
             return
-        old_path = self.store.path_of(record.content_hash)
+        # An in-place import's file is read, never changed: the compressed copy goes into
+        # the store and the swap drops the external reference (writer.add_blob_reference);
+        # store.remove() below only ever unlinks under objects/.
+        old_path = (self.reader.external_path(record.content_hash)
+                    or self.store.path_of(record.content_hash))
         try:
             result: CompressedFile = self.workers.run(
                 self.job, str(old_path), record.dataset_offset, record.transfer_syntax_uid,

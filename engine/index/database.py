@@ -22,9 +22,13 @@ Sub-databases (keys are UTF-8):
     forward_jobs      destination NUL job id               -> job     } router queue,
     forward_due       destination NUL due time, job id     -> trigger } destination
     forward_destinations  destination                      -> health  } health and
+    forward_warnings  destination NUL SOPInstanceUID       -> status  } warnings,
     forward_pending   SOPInstanceUID                       -> count   } store-and-
     forward_done      SOPInstanceUID                       -> time    } forward state
     study_activity    StudyInstanceUID                     -> time    } (forward_queue.py)
+    external_files    content hash (hex)                   -> absolute path } pacs import
+    import_journal    blake2b-128(source path)             -> size, mtime, hash } (external.py,
+                                                                            import_journal.py)
 
 Every update of a record and of the keys that point to it happens in one write
 transaction, so the hierarchy is never seen half-updated.
@@ -55,7 +59,11 @@ UPGRADABLE_VERSIONS = (b"1", b"2", b"3")
 _DUPSORT = ("patient_studies", "study_series", "series_instances", *secondary.TABLES)
 _PLAIN = ("patients", "studies", "series", "instances", "blobs", "conflicts", "meta",
           "compress_queue", "compress_failures", "forward_jobs", "forward_due",
-          "forward_destinations", "forward_pending", "forward_done", "study_activity")
+          "forward_destinations", "forward_warnings", "forward_pending", "forward_done",
+          "study_activity")
+#: Tables added without a schema change (empty is correct for an older index); a
+#: read-only open of an index that lacks them sees None.
+_OPTIONAL = ("external_files", "import_journal")
 
 
 class IndexSchemaError(EngineError):
@@ -76,6 +84,7 @@ class Tables:
     forward_jobs: object
     forward_due: object
     forward_destinations: object
+    forward_warnings: object
     forward_pending: object
     forward_done: object
     study_activity: object
@@ -87,6 +96,8 @@ class Tables:
     studies_by_date: object
     studies_by_family_name: object
     studies_by_modality: object
+    external_files: object = None
+    import_journal: object = None
 
 
 class IndexDatabase:
@@ -98,7 +109,8 @@ class IndexDatabase:
             self.path.mkdir(parents=True, exist_ok=True)
         # sync/metasync stay on: a commit returns only once it is on disk.
         self.env = lmdb.open(
-            str(self.path), map_size=map_size, max_dbs=len(_DUPSORT) + len(_PLAIN) + 2,
+            str(self.path), map_size=map_size,
+            max_dbs=len(_DUPSORT) + len(_PLAIN) + len(_OPTIONAL) + 2,
             subdir=True, readonly=readonly, sync=True, metasync=True, lock=True,
             readahead=False, max_readers=512, create=not readonly)
         handles = {}
@@ -112,6 +124,11 @@ class IndexDatabase:
                 handles[name] = self.env.open_db(name.encode(), create=False)
             for name in _DUPSORT:
                 handles[name] = self.env.open_db(name.encode(), dupsort=True, create=False)
+            for name in _OPTIONAL:
+                try:
+                    handles[name] = self.env.open_db(name.encode(), create=False)
+                except lmdb.NotFoundError:
+                    handles[name] = None
             self.tables = Tables(**handles)
             return
         with self.env.begin(write=True) as txn:
@@ -119,6 +136,8 @@ class IndexDatabase:
                 handles[name] = self.env.open_db(name.encode(), txn=txn)
             for name in _DUPSORT:
                 handles[name] = self.env.open_db(name.encode(), txn=txn, dupsort=True)
+            for name in _OPTIONAL:
+                handles[name] = self.env.open_db(name.encode(), txn=txn)
             self.tables = Tables(**handles)
             version = txn.get(b"schema_version", db=handles["meta"])
             if version is None:

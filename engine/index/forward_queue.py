@@ -4,6 +4,7 @@
     forward_due           destination NUL due time (ms, 8 bytes) job id -> stability
     forward_destinations  destination -> its health (JSON): failures, next probe,
                           last error, jobs in flight
+    forward_warnings      destination NUL SOPInstanceUID -> warning status, time (JSON)
     forward_pending       SOPInstanceUID -> jobs left for it
     forward_done          SOPInstanceUID -> epoch seconds its last forward was delivered
     study_activity        StudyInstanceUID -> epoch seconds of its latest instance
@@ -40,8 +41,16 @@ from dataclasses import asdict, dataclass, field, replace
 _NEXT_ID = b"forward_next_id"
 _ID = struct.Struct(">Q")
 _DUE = struct.Struct(">QQ")  # due time in ms, job id
+_LAST = (1 << 64) - 1
+
+
+def _ms(seconds: float) -> int:
+    """A due time as the key's milliseconds (clamped: `now` may be inf, "everything")."""
+    return _LAST if seconds * 1000 >= _LAST else max(0, int(seconds * 1000))
 #: study_activity entries older than this are of no use to any stability trigger.
 ACTIVITY_KEPT = 24 * 3600.0
+#: Warning statuses of delivered instances are kept this long (`pacs queue warnings`).
+WARNINGS_KEPT = 30 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -81,7 +90,7 @@ class ForwardJob:
     @property
     def due_key(self) -> bytes:
         return (self.order.destination.encode() + b"\x00" +
-                _DUE.pack(max(0, int(self.next_attempt * 1000)), self.job_id))
+                _DUE.pack(_ms(self.next_attempt), self.job_id))
 
     @property
     def due_value(self) -> bytes:
@@ -147,6 +156,8 @@ class DestinationSummary:
     oldest_created: float | None = None
     last_error: str = ""
     last_status: int | None = None
+    #: Instances delivered with a warning status (kept in forward_warnings).
+    warnings: int = 0
     down_since: float | None = None
     next_probe: float | None = None
     studies: set = field(default_factory=set)
@@ -201,12 +212,17 @@ def _count(txn, tables, sop_uid: str, delta: int) -> int:
     return left
 
 
-def delivered(txn, tables, job: ForwardJob, now: float, record_done: bool) -> None:
+def delivered(txn, tables, job: ForwardJob, now: float, record_done: bool,
+              status: int = 0) -> None:
     """Delete a delivered job; with `record_done` (store-and-forward), an instance whose
-    last job this was goes to forward_done (archive mode keeps no such list)."""
+    last job this was goes to forward_done (archive mode keeps no such list).  A warning
+    status (the destination coerced or changed something) is kept per instance."""
     stored = _stored(txn, tables, job.key)
     if stored is None:
         return  # dropped meanwhile
+    if status:
+        txn.put(_warning_key(job.order.destination, job.sop_instance_uid),
+                json.dumps({"status": status, "time": now}).encode(), db=tables.forward_warnings)
     _remove(txn, tables, stored)
     if _count(txn, tables, job.sop_instance_uid, -1) <= 0 and record_done:
         txn.put(job.sop_instance_uid.encode(), repr(now).encode(), db=tables.forward_done)
@@ -239,7 +255,7 @@ def expire_aged(txn, tables, destination: str, now: float, policy: RetryPolicy,
     """
     cutoff = now - policy.max_age
     prefix = destination.encode() + b"\x00"
-    last = prefix + _DUE.pack(max(0, int(cutoff * 1000)), (1 << 64) - 1)
+    last = prefix + _DUE.pack(_ms(cutoff), _LAST)
     keys = []
     with txn.cursor(db=tables.forward_due) as cur:
         if cur.set_range(prefix):
@@ -258,6 +274,28 @@ def expire_aged(txn, tables, destination: str, now: float, policy: RetryPolicy,
         txn.put(dead.key, dead.encode(), db=tables.forward_jobs)
         aged.append(dead)
     return aged
+
+
+def _warning_key(destination: str, sop_uid: str) -> bytes:
+    return destination.encode() + b"\x00" + sop_uid.encode()
+
+
+def warnings(txn, tables, destination: str | None, limit: int
+             ) -> list[tuple[str, str, int, float]]:
+    """Instances delivered with a warning status: (destination, SOP Instance UID, status,
+    time), newest first, at most `limit`."""
+    prefix = destination.encode() + b"\x00" if destination else b""
+    found = []
+    with txn.cursor(db=tables.forward_warnings) as cur:
+        if cur.set_range(prefix):
+            for key, value in cur:
+                if not bytes(key).startswith(prefix):
+                    break
+                name, uid = bytes(key).decode().split("\x00", 1)
+                doc = json.loads(bytes(value))
+                found.append((name, uid, doc["status"], doc["time"]))
+    found.sort(key=lambda row: -row[3])
+    return found[:limit]
 
 
 def _select(txn, tables, destination: str | None, study_uid: str | None):
@@ -318,6 +356,19 @@ def forget_done(txn, tables, sop_uid: str) -> bool:
     return txn.get(sop_uid.encode(), db=tables.forward_pending) is None
 
 
+def forget_old_warnings(txn, tables, before: float, limit: int = 1000) -> int:
+    old = []
+    with txn.cursor(db=tables.forward_warnings) as cur:
+        for key, value in cur:
+            if json.loads(bytes(value))["time"] < before:
+                old.append(bytes(key))
+                if len(old) >= limit:
+                    break
+    for key in old:
+        txn.delete(key, db=tables.forward_warnings)
+    return len(old)
+
+
 def forget_quiet_studies(txn, tables, before: float, limit: int = 1000) -> int:
     """Drop study_activity entries older than `before`: a study quiet that long is
     stable for any trigger (a missing entry reads as quiet since forever)."""
@@ -363,7 +414,7 @@ def due(txn, tables, destination: str, now: float, limit: int,
     instance for `stable_seconds`.
     """
     prefix = destination.encode() + b"\x00"
-    last = prefix + _DUE.pack(max(0, int(now * 1000)), (1 << 64) - 1)
+    last = prefix + _DUE.pack(_ms(now), _LAST)
     quiet_for: dict[bytes, float] = {}
     ids: list[int] = []
     with txn.cursor(db=tables.forward_due) as cur:
@@ -404,6 +455,11 @@ def summary(txn, tables) -> dict[str, DestinationSummary]:
             s.oldest_created = job.created
         if job.last_error:
             s.last_error, s.last_status = job.last_error, job.last_status
+    with txn.cursor(db=tables.forward_warnings) as cur:
+        for key in cur.iternext(keys=True, values=False):
+            name = bytes(key).split(b"\x00", 1)[0].decode()
+            if name in result:
+                result[name].warnings += 1
     with txn.cursor(db=tables.forward_destinations) as cur:
         for key, value in cur:
             name, health = bytes(key).decode(), DestinationHealth.decode(value)
@@ -428,8 +484,8 @@ def rebuild_due(txn, tables) -> int:
     return count
 
 
-__all__ = ["ACTIVITY_KEPT", "DestinationHealth", "DestinationSummary", "ForwardJob",
+__all__ = ["ACTIVITY_KEPT", "WARNINGS_KEPT", "forget_old_warnings", "DestinationHealth", "DestinationSummary", "ForwardJob",
            "ForwardOrder", "RetryPolicy", "add_jobs", "clear_in_flight", "delivered",
            "destination_health", "drop", "due", "expire_aged", "expired", "failed",
            "forget_done", "forget_quiet_studies", "job_key", "rebuild_due", "retry",
-           "set_destination_health", "summary"]
+           "set_destination_health", "summary", "warnings"]

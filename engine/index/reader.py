@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
-from engine.index import compression_state, forward_queue
+from engine.index import compression_state, external, forward_queue
 from engine.index.database import IndexDatabase
 from engine.index.secondary import index_key
 from engine.index.records import (
@@ -69,6 +70,10 @@ class IndexSnapshot:
 
     def blob(self, content_hash: str) -> BlobRecord | None:
         return self._get(self.t.blobs, content_hash, BlobRecord)
+
+    def external_path(self, content_hash: str) -> Path | None:
+        """Where an in-place import left this content (None: it is in the blob store)."""
+        return external.path(self.txn, self.t, content_hash)
 
     def _children_of_key(self, table, key: bytes) -> list[str]:
         with self.txn.cursor(db=table) as cur:
@@ -212,6 +217,10 @@ class IndexReader:
     def blob(self, content_hash: str) -> BlobRecord | None:
         return self._one("blob", content_hash)
 
+    def external_path(self, content_hash: str) -> Path | None:
+        """Where an in-place import left this content (None: it is in the blob store)."""
+        return self._one("external_path", content_hash)
+
     def studies_of_patient(self, patient_key: str) -> list[str]:
         return self._one("studies_of_patient", patient_key)
 
@@ -296,6 +305,10 @@ class IndexReader:
 
     def forward_health(self, destination: str) -> forward_queue.DestinationHealth:
         return self._state(forward_queue.destination_health, destination)
+
+    def forward_warnings(self, destination: str | None, limit: int
+                         ) -> list[tuple[str, str, int, float]]:
+        return self._state(forward_queue.warnings, destination, limit)
 
     def forward_summary(self) -> dict[str, forward_queue.DestinationSummary]:
         return self._state(forward_queue.summary)

@@ -19,7 +19,7 @@ from typing import Callable, TypeVar
 import lmdb
 
 from engine.errors import OutOfResources
-from engine.index import compression_state, forward_queue, secondary
+from engine.index import compression_state, external, forward_queue, secondary
 from engine.index.database import IndexDatabase
 from engine.index.entry import IndexEntry, IndexOutcome
 from engine.index.records import (
@@ -68,6 +68,9 @@ class IndexTransaction:
         refs = blob.references + delta
         if refs <= 0:
             self.txn.delete(_k(content_hash), db=self.t.blobs)
+            # An in-place import's file: forget its path (the file itself is never touched;
+            # callers remove only objects/<address>, never an external path).
+            external.forget(self.txn, self.t, content_hash)
         else:
             self._put(self.t.blobs, content_hash, BlobRecord(refs, size))
         total = int(self.txn.get(_TOTAL_BYTES, b"0", db=self.t.meta))
@@ -95,8 +98,8 @@ class IndexTransaction:
 
     # -- the router's forward queue (see forward_queue.py) ----------------------------
     def forward_delivered(self, job: forward_queue.ForwardJob, now: float,
-                          record_done: bool) -> None:
-        forward_queue.delivered(self.txn, self.t, job, now, record_done)
+                          record_done: bool, status: int = 0) -> None:
+        forward_queue.delivered(self.txn, self.t, job, now, record_done, status)
 
     def forward_expire(self, sop_uid: str) -> str | None:
         """Store-and-forward: remove a delivered instance; returns its file's address
@@ -140,6 +143,9 @@ class IndexTransaction:
 
     def forget_quiet_studies(self, before: float) -> int:
         return forward_queue.forget_quiet_studies(self.txn, self.t, before)
+
+    def forget_old_warnings(self, before: float) -> int:
+        return forward_queue.forget_old_warnings(self.txn, self.t, before)
 
     def forward_retry(self, destination: str | None, study_uid: str | None,
                       now: float) -> int:

@@ -4,9 +4,12 @@
 longer matches its address, and orphans (files no index entry references: left
 by a crash between rename and index commit, never acknowledged, safe to
 remove).  `commitment_failure` answers one storage-commitment reference.
+Files registered by an in-place import are read where they lie (the index's
+external path); they are never orphans and never removed.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import BinaryIO, Callable
@@ -14,6 +17,8 @@ from typing import BinaryIO, Callable
 from engine.index.reader import IndexReader
 from engine.ingest.pipeline import content_hasher
 from engine.store.blob_store import BlobNotFound, FilesystemBlobStore
+
+log = logging.getLogger(__name__)
 
 _READ_SIZE = 1 << 20
 
@@ -25,6 +30,8 @@ class VerifyReport:
     mismatched: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     orphans_removed: int = 0
+    #: Objects read from an in-place import's path rather than from objects/.
+    external: int = 0
 
     @property
     def ok(self) -> bool:
@@ -41,10 +48,21 @@ def rehash_file(fh: BinaryIO, transfer_syntax_uid: str, dataset_offset: int) -> 
     return hasher.hexdigest()
 
 
-def rehash(store: FilesystemBlobStore, address: str, transfer_syntax_uid: str,
-           dataset_offset: int) -> str:
+def open_stored(store: FilesystemBlobStore, reader: IndexReader, address: str) -> BinaryIO:
+    """The file holding `address`: an in-place import's path, else the blob store's."""
+    external = reader.external_path(address)
+    if external is None:
+        return store.open_blob(address)
+    try:
+        return open(external, "rb")
+    except OSError as exc:  # gone or unreadable: for us, the object is missing
+        raise BlobNotFound(f"{address} (imported in place at {external}: {exc})") from exc
+
+
+def rehash(store: FilesystemBlobStore, reader: IndexReader, address: str,
+           transfer_syntax_uid: str, dataset_offset: int) -> str:
     """Content address recomputed from the stored file."""
-    with store.open_blob(address) as fh:
+    with open_stored(store, reader, address) as fh:
         return rehash_file(fh, transfer_syntax_uid, dataset_offset)
 
 
@@ -59,13 +77,15 @@ def verify_archive(store: FilesystemBlobStore, reader: IndexReader, remove_orpha
     for uid, address, ts, offset in entries:
         referenced.add(address)
         try:
-            actual = rehash(store, address, ts, offset)
+            actual = rehash(store, reader, address, ts, offset)
         except BlobNotFound:
             report.missing.append(uid)
         else:
             if actual != address:
                 report.mismatched.append(uid)
         report.checked += 1
+        if reader.external_path(address) is not None:
+            report.external += 1
         if progress is not None:
             progress(1)
     for address in store.iter_addresses():
@@ -90,7 +110,8 @@ def commitment_failure(store: FilesystemBlobStore, reader: IndexReader, sop_clas
     """None when the instance is indexed and its file re-hashes to its address.
 
     A modality deletes its copy on our word, so "committed" requires reading
-    every byte back, not just finding an index entry.
+    every byte back, not just finding an index entry, and a file we own: content
+    imported in place lives on someone else's storage, which may go away.
     """
     for attempt in range(2):  # the compression stage may swap the file under us once
         record = reader.instance(sop_instance_uid)
@@ -98,8 +119,12 @@ def commitment_failure(store: FilesystemBlobStore, reader: IndexReader, sop_clas
             return CommitmentFailure.NO_SUCH_OBJECT_INSTANCE
         if record.sop_class_uid != sop_class_uid:
             return CommitmentFailure.CLASS_INSTANCE_CONFLICT
+        if reader.external_path(record.content_hash) is not None:
+            log.info("storage commitment refused for an instance imported in place (its "
+                     "file is not in the archive's store)")
+            return CommitmentFailure.PROCESSING_FAILURE
         try:
-            actual = rehash(store, record.content_hash, record.transfer_syntax_uid,
+            actual = rehash(store, reader, record.content_hash, record.transfer_syntax_uid,
                             record.dataset_offset)
         except (BlobNotFound, OSError):
             actual = None

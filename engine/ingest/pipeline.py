@@ -163,6 +163,12 @@ class InstanceReceiver:
         require_valid_uid(attrs.get("SeriesInstanceUID", ""), "Series Instance UID")
         return attrs
 
+    def attributes(self) -> dict:
+        """The indexed attributes of the dataset, once its last fragment was fed (STOW-RS
+        checks the study before committing); raises what complete() would for a dataset
+        that cannot be indexed."""
+        return self._attributes()
+
     async def complete(self) -> StoreResult:
         """Make the instance durable and indexed; raises an EngineError for a failure status."""
         try:
@@ -227,6 +233,12 @@ class IngestPipeline:
         if outcome is IndexOutcome.REJECTED_DUPLICATE:
             await self._drop_if_unreferenced(created, entry.content_hash)
             raise DuplicateRejected("different content already stored under this SOP Instance UID")
+        if outcome is IndexOutcome.IDENTICAL and created and \
+                self.reader.external_path(entry.content_hash) is not None:
+            # Already indexed as an in-place import's file, which readers use: the copy
+            # just renamed into objects/ would never be read.
+            await asyncio.get_running_loop().run_in_executor(self._io, self.store.remove,
+                                                             entry.content_hash)
         return StoreResult(outcome, entry.content_hash, entry.size)
 
     async def _drop_if_unreferenced(self, created: bool, address: str) -> None:

@@ -2,11 +2,13 @@
 
 Decoding the A-ASSOCIATE-RQ, presentation-context negotiation and PDU encoding
 are pynetdicom's; this module adds our policy (AE-title checks, association
-limits, what we support) and returns the bytes to send.  No I/O here.
+limits, what we support; the caller adds the known-peer check) and returns the
+bytes to send.  No I/O here.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from pydicom.uid import UID
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ, A_RELEASE_RP
@@ -91,7 +93,6 @@ class AcceptorPolicy:
 
     ae_title: str
     max_pdu_length: int
-    allowed_calling_ae_titles: tuple[str, ...] = ()
     require_called_ae_title: bool = False
 
 
@@ -173,7 +174,11 @@ class AssociationNegotiator:
         self._cache: dict[bytes, NegotiationResult] = {}
         self._cache_size = cache_size
 
-    def negotiate(self, raw_rq: bytes, over_limit: bool = False) -> NegotiationResult:
+    def negotiate(self, raw_rq: bytes, over_limit: bool = False,
+                  admit: Callable[[str], bool] | None = None) -> NegotiationResult:
+        """The answer to an A-ASSOCIATE-RQ.  `admit(calling AE title)` is asked last,
+        for a request we would accept: it judges the connection (known peers), which
+        the cached answer must not depend on, and refusing it gives 1/1/3."""
         if over_limit:
             return _reject(REJECT_LOCAL_LIMIT_EXCEEDED, *_ae_titles(raw_rq))
         result = self._cache.get(raw_rq)
@@ -182,6 +187,9 @@ class AssociationNegotiator:
             if len(self._cache) >= self._cache_size:
                 self._cache.pop(next(iter(self._cache)))  # oldest first
             self._cache[raw_rq] = result
+        if result.accepted and admit is not None and not admit(result.calling_ae_title):
+            return _reject(REJECT_CALLING_AE_NOT_RECOGNIZED, result.calling_ae_title,
+                           result.called_ae_title)
         return result
 
 
@@ -197,8 +205,6 @@ def negotiate_association(raw_rq: bytes, policy: AcceptorPolicy,
     called = (rq.called_ae_title or "").strip()
     if str(rq.application_context_name) != APPLICATION_CONTEXT_NAME:
         return _reject(REJECT_APPLICATION_CONTEXT_NOT_SUPPORTED, calling, called)
-    if policy.allowed_calling_ae_titles and calling not in policy.allowed_calling_ae_titles:
-        return _reject(REJECT_CALLING_AE_NOT_RECOGNIZED, calling, called)
     if policy.require_called_ae_title and called != policy.ae_title.strip():
         return _reject(REJECT_CALLED_AE_NOT_RECOGNIZED, calling, called)
 

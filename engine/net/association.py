@@ -87,10 +87,13 @@ class AssociationMachine:
     """Per-association protocol state; feed it bytes, act on the events it returns."""
 
     def __init__(self, negotiator: AssociationNegotiator, max_associate_rq_length: int,
-                 over_limit: Callable[[], bool]) -> None:
+                 over_limit: Callable[[], bool],
+                 admit: Callable[[str], bool] | None = None) -> None:
         self.state = State.AWAITING_ASSOCIATE_RQ
         self._negotiator = negotiator
         self._over_limit = over_limit
+        #: Known-peer check of the calling AE title on this connection (None: everyone).
+        self._admit = admit
         self._framer = PDUFramer(max_associate_rq_length)
         self.negotiation: NegotiationResult | None = None
         self._command = bytearray()
@@ -143,7 +146,7 @@ class AssociationMachine:
         return events
 
     def _on_associate_rq(self, raw: bytes, events: list) -> None:
-        result = self._negotiator.negotiate(raw, self._over_limit())
+        result = self._negotiator.negotiate(raw, self._over_limit(), self._admit)
         self.negotiation = result
         if result.accepted:
             self.state = State.ESTABLISHED

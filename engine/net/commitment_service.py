@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Protocol
 
@@ -31,7 +32,8 @@ from engine.net import status as st
 from engine.net.acse import AcceptedContext
 from engine.net.dimse import (
     N_ACTION_RSP, N_EVENT_REPORT_RQ, Command, DatasetBuffer, encode_command, encode_response)
-from engine.net.requestor import AssociationFailed, ProposedContext, RequestorAssociation
+from engine.net.requestor import (
+    AssociationFailed, ProposedContext, RequestorAssociation, tls_context)
 from engine.query.find import InvalidQuery, decode_identifier, encode_identifier
 from engine.store.blob_store import FilesystemBlobStore
 
@@ -116,7 +118,10 @@ class CommitmentReporter:
     """Computes reports and delivers those that need a new association, in the background."""
 
     def __init__(self, store: FilesystemBlobStore, reader: IndexReader, config: RetrieveConfig,
-                 ae_title: str, max_pdu_length: int) -> None:
+                 ae_title: str, max_pdu_length: int,
+                 client_ssl: ssl.SSLContext | None = None) -> None:
+        #: For requesters whose [retrieve] destinations entry says tls = true.
+        self.client_ssl = client_ssl
         self.store = store
         self.reader = reader
         self.config = config
@@ -142,11 +147,12 @@ class CommitmentReporter:
             return False
         try:
             association = await RequestorAssociation.open(
-                *address, self.ae_title, calling_ae_title,
+                address.host, address.port, self.ae_title, calling_ae_title,
                 [ProposedContext(STORAGE_COMMITMENT_SOP_CLASS,
                                  (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN),
                                  scp_role=True)],
-                self.max_pdu_length, self.config.connect_timeout)
+                self.max_pdu_length, self.config.connect_timeout,
+                tls_context(address.tls, self.client_ssl))
         except AssociationFailed as exc:
             log.error("storage commitment %s: report not delivered: %s", transaction_uid, exc)
             return False

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from dataclasses import dataclass, field, replace
 
 from engine.codec.workers import CodecWorkers
-from engine.index.forward_queue import ACTIVITY_KEPT, DestinationHealth, ForwardJob, RetryPolicy
+from engine.index.forward_queue import (
+    ACTIVITY_KEPT, WARNINGS_KEPT, DestinationHealth, ForwardJob, RetryPolicy)
 from engine.index.reader import IndexReader
 from engine.index.writer import GroupCommitWriter
 from engine.net.folder_delivery import write_to_folder
@@ -46,7 +48,12 @@ _BATCH = 64
 _POLL = 1.0
 #: Delivered jobs are deleted in one commit once this many wait, or after _FLUSH_DELAY.
 _FLUSH_SIZE = 256
-_FLUSH_DELAY = 0.05
+_FLUSH_DELAY = 0.25
+#: In-flight counts (for `pacs queue`) are written at most this often: not a commit per send.
+_PUBLISH_INTERVAL = 1.0
+#: After a wake-up, wait this long for more instances of a live ingest to join the batch:
+#: per-batch costs (index reads, thread hops) then fall on several instances, not one.
+_GATHER = 0.05
 
 
 @dataclass
@@ -72,7 +79,8 @@ class Forwarder:
                  writer: GroupCommitWriter, resolver: RetrieveResolver, codec: CodecWorkers,
                  policy: RetryPolicy, our_ae_title: str, max_pdu_length: int,
                  connect_timeout: float, response_timeout: float,
-                 deidentify_secret: str, retention: float = 0.0, linger: float = 5.0) -> None:
+                 deidentify_secret: str, retention: float = 0.0, linger: float = 5.0,
+                 client_ssl: ssl.SSLContext | None = None) -> None:
         self.destinations = destinations
         self.reader = reader
         self.writer = writer
@@ -89,9 +97,12 @@ class Forwarder:
         self.retention = retention
         #: Seconds an idle association is kept for the next batch.
         self.linger = linger
+        #: Our TLS client context for destinations with `tls = true`.
+        self.client_ssl = client_ssl
         self._links: dict[str, _Link] = {}
-        self._delivered: list[tuple[_Link, ForwardJob]] = []
+        self._delivered: list[tuple[_Link, ForwardJob, int]] = []
         self._bookkeeping = asyncio.Event()
+        self._published = 0.0
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
 
@@ -164,7 +175,8 @@ class Forwarder:
         try:
             await asyncio.wait_for(link.wake.wait(), timeout)
         except asyncio.TimeoutError:
-            pass
+            return
+        await asyncio.sleep(_GATHER)
 
     async def _notice_manual_retry(self, link: _Link) -> None:
         """`pacs queue retry` (another process) moves a down destination's probe to now."""
@@ -175,7 +187,7 @@ class Forwarder:
     async def _worker(self, link: _Link) -> None:
         destination = link.destination
         session = PeerSession(destination, self.our_ae_title, self.max_pdu_length,
-                              self.connect_timeout, self.response_timeout) \
+                              self.connect_timeout, self.response_timeout, self.client_ssl) \
             if isinstance(destination, DicomDestination) else None
         try:
             while not self._stopping:
@@ -255,7 +267,7 @@ class Forwarder:
             if status is None:
                 await self._record_failures(link, [job], None, session.last_error)
             elif is_success(status):
-                self._note_delivered(link, job)
+                self._note_delivered(link, job, status)
                 if status != 0x0000:
                     log.warning("forward of %s to %s delivered with warning 0x%04X",
                                 job.sop_instance_uid, link.name, status)
@@ -276,8 +288,8 @@ class Forwarder:
                 self._note_delivered(link, job)
 
     # -- outcomes -----------------------------------------------------------------------
-    def _note_delivered(self, link: _Link, job: ForwardJob) -> None:
-        self._delivered.append((link, job))
+    def _note_delivered(self, link: _Link, job: ForwardJob, status: int = 0) -> None:
+        self._delivered.append((link, job, status))
         self._bookkeeping.set()
 
     async def _flush_delivered(self) -> None:
@@ -288,12 +300,12 @@ class Forwarder:
         now, record_done = time.time(), self.retention > 0
 
         def delete(tx):
-            for _, job in batch:
-                tx.forward_delivered(job, now, record_done)
+            for _, job, status in batch:
+                tx.forward_delivered(job, now, record_done, status)
         try:
             await asyncio.to_thread(self.writer.run_job, delete)
         finally:
-            for link, job in batch:
+            for link, job, _ in batch:
                 link.in_flight.discard(job.job_id)
 
     async def _record_failures(self, link: _Link, jobs: list[ForwardJob], status: int | None,
@@ -354,14 +366,22 @@ class Forwarder:
     async def _bookkeeper(self) -> None:
         """Group the deletion of delivered jobs and publish in-flight counts."""
         while True:
-            await self._bookkeeping.wait()
+            try:
+                await asyncio.wait_for(self._bookkeeping.wait(), _PUBLISH_INTERVAL)
+            except asyncio.TimeoutError:
+                pass
             self._bookkeeping.clear()
-            if len(self._delivered) < _FLUSH_SIZE:
-                await asyncio.sleep(_FLUSH_DELAY)  # let a few more deliveries join the commit
-            await self._flush_delivered()
+            if self._delivered:
+                if len(self._delivered) < _FLUSH_SIZE:
+                    await asyncio.sleep(_FLUSH_DELAY)  # let more deliveries join the commit
+                await self._flush_delivered()
             self._publish_in_flight()
 
     def _publish_in_flight(self) -> None:
+        now = time.monotonic()
+        if now - self._published < _PUBLISH_INTERVAL:
+            return
+        self._published = now
         for link in self._links.values():
             count = len(link.in_flight)
             if count != link.published_in_flight:
@@ -370,7 +390,8 @@ class Forwarder:
                 self.writer.post(lambda tx, n=link.name, h=health: tx.set_forward_health(n, h))
 
     async def _maintain(self) -> None:
-        """Store-and-forward removal of delivered instances; forget quiet studies."""
+        """Store-and-forward removal of delivered instances; forget quiet studies and old
+        warnings."""
         store = self.resolver.store
         while not self._stopping:
             removed = 0
@@ -385,8 +406,10 @@ class Forwarder:
                 removed = len(uids)
                 if removed:
                     log.info("store-and-forward: removed %d delivered instance(s)", removed)
-            await asyncio.to_thread(self.writer.run_job, lambda tx: tx.forget_quiet_studies(
-                time.time() - ACTIVITY_KEPT))
+            def forget(tx, now=time.time()):
+                tx.forget_quiet_studies(now - ACTIVITY_KEPT)
+                tx.forget_old_warnings(now - WARNINGS_KEPT)
+            await asyncio.to_thread(self.writer.run_job, forget)
             if removed < 500:
                 pause = min(60.0, self.retention / 4 + 0.1) if self.retention > 0 else 600.0
                 await asyncio.sleep(pause)

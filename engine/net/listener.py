@@ -5,6 +5,12 @@ Messages are handled strictly in order: while a C-STORE is being made durable,
 reading from that peer is paused, so responses go out in request order and a
 fast peer cannot queue unbounded work.  A single sweeper task enforces the
 ARTIM, idle and DIMSE timeouts of every association.
+
+A DICOM TLS listener uses the same protocol beneath asyncio's TLS layer: the
+handshake runs in the event loop, one per connection, under its own deadline
+(`ssl_handshake_timeout`), and only a completed handshake reaches
+`connection_made`; until then a connection is no association (not counted, not
+logged, no ARTIM), so a failed or silent handshake costs nothing but itself.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import asyncio
 import itertools
 import logging
 import socket
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -30,8 +37,10 @@ from engine.net.dimse import (
     MessageIds)
 from engine.net.outbound import PeerGone, StoredDataset, send_message
 from engine.net.pdu_framing import encode_p_data
+from engine.net.peers import PeerTable
 from engine.net.requestor import AssociationFailed
 from engine.net.services import ServiceProvider
+from engine.net.tls import PeerIdentity, peer_identity
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +63,13 @@ class ListenerLimits:
 class AssociationProtocol(asyncio.Protocol):
     def __init__(self, listener: "DicomListener") -> None:
         self.listener = listener
-        self.id = f"assoc#{next(listener.ids)}"
+        self.id = "assoc#?"  # numbered once the connection (and its TLS handshake) is made
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
+        self.identity = PeerIdentity("")
         self.machine = AssociationMachine(
-            listener.negotiator, listener.limits.max_associate_rq_length, self._over_limit)
+            listener.negotiator, listener.limits.max_associate_rq_length, self._over_limit,
+            self._admit if listener.peers.active else None)
         self._events: deque = deque()
         self._operation = None  # the running StoreOperation, FindOperation, GetOperation...
         self._completion: asyncio.Task | None = None
@@ -80,6 +91,8 @@ class AssociationProtocol(asyncio.Protocol):
     # -- asyncio callbacks ------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
+        self.id = f"assoc#{next(self.listener.ids)}"
+        self.connected_at = self.last_activity = time.monotonic()  # ARTIM starts now
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -88,8 +101,15 @@ class AssociationProtocol(asyncio.Protocol):
                 pass
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
+        ssl_object = transport.get_extra_info("ssl_object")
+        self.identity = peer_identity(self.peer_ip, ssl_object)
         self.listener.register(self)
-        log.debug("%s connection from %s", self.id, self.peer_ip)
+        if ssl_object is not None:
+            log.debug("%s TLS connection from %s (%s, %s), client certificate CN %s", self.id,
+                      self.peer_ip, ssl_object.version(), (ssl_object.cipher() or ("?",))[0],
+                      ", ".join(self.identity.certificate_cns) or "(none)")
+        else:
+            log.debug("%s connection from %s", self.id, self.peer_ip)
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
@@ -149,6 +169,14 @@ class AssociationProtocol(asyncio.Protocol):
     # -- message handling -------------------------------------------------------
     def _over_limit(self) -> bool:
         return self.listener.over_limit(self)
+
+    def _admit(self, calling_ae_title: str) -> bool:
+        """The known-peer check (A-ASSOCIATE-RJ 1/1/3 when it fails; the reason is logged)."""
+        why = self.listener.peers.refusal(calling_ae_title, self.identity)
+        if why is not None:
+            log.warning("%s refused calling AE %r from %s%s: %s", self.id, calling_ae_title,
+                        self.peer_ip, " (TLS)" if self.identity.tls else "", why)
+        return why is None
 
     def _drain(self) -> None:
         """Act on queued events in order; stop while a store is being committed."""
@@ -371,22 +399,33 @@ class DicomListener:
     """Accepts TCP connections and tracks every association for limits and shutdown."""
 
     def __init__(self, policy: AcceptorPolicy, limits: ListenerLimits,
-                 services: ServiceProvider) -> None:
+                 services: ServiceProvider, peers: PeerTable | None = None) -> None:
         self.negotiator = AssociationNegotiator(policy)
         self.limits = limits
         self.services = services
+        self.peers = peers if peers is not None else PeerTable()
         self.ids = itertools.count(1)
         self.associations: set[AssociationProtocol] = set()
         self._per_ip: dict[str, int] = {}
-        self._server: asyncio.AbstractServer | None = None
+        self._servers: list[asyncio.AbstractServer] = []
         self._sweeper: asyncio.Task | None = None
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
+                    handshake_timeout: float = 10.0) -> int:
+        """Listen on host:port (with TLS when `ssl_context` is given); the bound port.
+
+        May be called once per listening socket (plain and TLS side by side).
+        """
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: AssociationProtocol(self), host, port, reuse_address=True, backlog=256)
-        self._sweeper = loop.create_task(self._sweep())
-        return self._server.sockets[0].getsockname()[1]
+        tls = {"ssl": ssl_context, "ssl_handshake_timeout": handshake_timeout} \
+            if ssl_context is not None else {}
+        server = await loop.create_server(
+            lambda: AssociationProtocol(self), host, port, reuse_address=True, backlog=256,
+            **tls)
+        self._servers.append(server)
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep())
+        return server.sockets[0].getsockname()[1]
 
     def register(self, assoc: AssociationProtocol) -> None:
         self.associations.add(assoc)
@@ -417,8 +456,8 @@ class DicomListener:
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop accepting, let in-flight stores finish, then abort what is left."""
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(
                 a._completion is not None for a in self.associations):
@@ -431,8 +470,8 @@ class DicomListener:
                 assoc.transport.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in self._servers:
+            await server.wait_closed()
 
 
 __all__ = ["DicomListener", "ListenerLimits", "AssociationProtocol"]

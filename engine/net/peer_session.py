@@ -9,12 +9,13 @@ with the ones recently used (so alternating CT and MR do not reopen each time).
 """
 from __future__ import annotations
 
+import ssl
 import time
 
 from engine.codec.workers import CodecWorkers
 from engine.net import status as st
 from engine.net.outbound import DatasetUnavailable
-from engine.net.requestor import MAX_PRESENTATION_CONTEXTS, RequestorAssociation
+from engine.net.requestor import MAX_PRESENTATION_CONTEXTS, RequestorAssociation, tls_context
 from engine.net.retrieve_service import CopyRecipe, proposed_contexts, send_instance
 from engine.query.retrieve import StoredInstance
 from engine.routing.destinations import DicomDestination
@@ -36,8 +37,11 @@ def is_success(status: int) -> bool:
 
 class PeerSession:
     def __init__(self, destination: DicomDestination, our_ae_title: str, max_pdu_length: int,
-                 connect_timeout: float, response_timeout: float) -> None:
+                 connect_timeout: float, response_timeout: float,
+                 client_ssl: ssl.SSLContext | None = None) -> None:
         self.destination = destination
+        #: Our TLS client context, used when the destination says `tls = true`.
+        self.client_ssl = client_ssl
         self.calling_ae_title = destination.calling_ae_title or our_ae_title
         self.max_pdu_length = max_pdu_length
         self.connect_timeout = connect_timeout
@@ -62,7 +66,8 @@ class PeerSession:
     async def ensure(self, instances: list[StoredInstance], choices: list[str]) -> bool:
         """Have an association that can carry `instances`; True if the open one was kept.
 
-        Raises AssociationFailed when the destination cannot be reached or refuses.
+        Raises AssociationFailed when the destination cannot be reached or refuses
+        (or wants TLS and we have no TLS client context: never in clear).
         """
         extra = (_J2K_LOSSLESS,) if "jpeg2000-lossless" in choices else ()
         batch = proposed_contexts(instances, extra)[0]
@@ -77,7 +82,8 @@ class PeerSession:
         destination = self.destination
         self.association = await RequestorAssociation.open(
             destination.host, destination.port, self.calling_ae_title, destination.ae_title,
-            contexts, self.max_pdu_length, self.connect_timeout)
+            contexts, self.max_pdu_length, self.connect_timeout,
+            ssl_context=tls_context(destination.tls, self.client_ssl))
         self.association.timeout = self.response_timeout
         self._proposed = {(cx.abstract_syntax, ts) for cx in contexts
                           for ts in cx.transfer_syntaxes}

@@ -4,13 +4,16 @@ Opens a TCP connection, proposes presentation contexts (A-ASSOCIATE-RQ built
 with pynetdicom's PDU classes), and then runs one request at a time: a
 command (and dataset, possibly streamed from a stored file) out, the response
 back.  C-MOVE sub-operations and storage-commitment reports on a new
-association use it; the framing is the core's PDUFramer.
+association use it; the framing is the core's PDUFramer.  With an SSL context
+(engine/net/tls.py) the connection is DICOM TLS; the handshake counts against
+the connect timeout, and the PDUs above it are the same.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import socket
+import ssl
 from dataclasses import dataclass
 
 from pydicom.uid import UID
@@ -39,6 +42,17 @@ MAX_PRESENTATION_CONTEXTS = 128  # odd context IDs 1..255
 
 class AssociationFailed(EngineError):
     """The peer could not be reached, rejected the association, or aborted it."""
+
+
+def tls_context(wanted: bool, context: ssl.SSLContext | None) -> ssl.SSLContext | None:
+    """The SSL context for a destination (`tls = true` → `context`): a destination that
+    asks for TLS is never reached without it."""
+    if not wanted:
+        return None
+    if context is None:
+        raise AssociationFailed("the destination requires TLS, but no TLS client context "
+                                "is configured ([tls] ca_file)")
+    return context
 
 
 @dataclass(frozen=True)
@@ -248,15 +262,20 @@ class RequestorAssociation:
     @classmethod
     async def open(cls, host: str, port: int, calling_ae: str, called_ae: str,
                    contexts: list[ProposedContext], max_pdu_length: int,
-                   timeout: float) -> "RequestorAssociation":
-        """Connect and negotiate; AssociationFailed when refused, unreachable or silent."""
+                   timeout: float, ssl_context: ssl.SSLContext | None = None
+                   ) -> "RequestorAssociation":
+        """Connect (over TLS with `ssl_context`) and negotiate; AssociationFailed when
+        refused, unreachable, silent, or the TLS handshake fails (untrusted certificate...)."""
         raw_rq, proposed = associate_rq_pdu(calling_ae, called_ae, contexts, max_pdu_length)
         loop = asyncio.get_running_loop()
+        tls = {"ssl": ssl_context, "server_hostname": host, "ssl_handshake_timeout": timeout} \
+            if ssl_context is not None else {}
         try:
             _, protocol = await asyncio.wait_for(loop.create_connection(
-                lambda: _RequestorProtocol(max_pdu_length), host, port), timeout)
-        except (OSError, asyncio.TimeoutError) as exc:
-            raise AssociationFailed(f"cannot connect to {called_ae} at {host}:{port}: "
+                lambda: _RequestorProtocol(max_pdu_length), host, port, **tls), timeout)
+        except (OSError, asyncio.TimeoutError) as exc:  # ssl.SSLError is an OSError
+            raise AssociationFailed(f"cannot connect to {called_ae} at {host}:{port}"
+                                    f"{' (TLS)' if ssl_context else ''}: "
                                     f"{exc or 'timed out'}") from exc
         protocol._write(raw_rq)
         try:
@@ -322,4 +341,4 @@ class RequestorAssociation:
 
 
 __all__ = ["AssociationFailed", "ProposedContext", "RequestorAssociation",
-           "MAX_PRESENTATION_CONTEXTS", "associate_rq_pdu", "read_associate_ac"]
+           "MAX_PRESENTATION_CONTEXTS", "associate_rq_pdu", "read_associate_ac", "tls_context"]

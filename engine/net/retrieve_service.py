@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
@@ -37,7 +38,8 @@ from engine.net.dimse import (
     encode_command, encode_response)
 from engine.net.outbound import DatasetUnavailable, StoredDataset
 from engine.net.requestor import (
-    MAX_PRESENTATION_CONTEXTS, AssociationFailed, ProposedContext, RequestorAssociation)
+    MAX_PRESENTATION_CONTEXTS, AssociationFailed, ProposedContext, RequestorAssociation,
+    tls_context)
 from engine.query.find import decode_identifier, encode_identifier
 from engine.query.retrieve import RetrieveRequest, RetrieveResolver, StoredInstance
 
@@ -294,14 +296,22 @@ class RetrieveOperation:
 
 
 class MoveOperation(RetrieveOperation):
-    """C-MOVE: sub-operations on new associations to a configured destination."""
+    """C-MOVE: sub-operations on new associations to a configured destination.
+
+    The Move Destination is looked up in `[retrieve] destinations` and nowhere else:
+    never the requester's own address or anything it sends, so a peer cannot make us
+    send instances to a machine the configuration does not name (0xA801 otherwise).
+    A destination with `tls = true` is reached over TLS only (`client_ssl`).
+    """
 
     response_field = C_MOVE_RSP
 
     def __init__(self, context: AcceptedContext, command: Command, resolver: RetrieveResolver,
                  config: RetrieveConfig, codec: CodecWorkers, our_ae_title: str,
-                 calling_ae_title: str, max_pdu_length: int, assoc_id: str) -> None:
+                 calling_ae_title: str, max_pdu_length: int, assoc_id: str,
+                 client_ssl: ssl.SSLContext | None = None) -> None:
         super().__init__(context, command, resolver, config, codec, assoc_id)
+        self.client_ssl = client_ssl
         self.our_ae_title = our_ae_title
         #: The Move Originator named in every C-STORE sub-operation.
         self.calling_ae_title = calling_ae_title
@@ -329,8 +339,9 @@ class MoveOperation(RetrieveOperation):
             batch = [i for i in instances if i.sop_class_uid in classes]
             try:
                 association = await RequestorAssociation.open(
-                    *address, self.our_ae_title, self.destination_ae, group,
-                    self.max_pdu_length, self.config.connect_timeout)
+                    address.host, address.port, self.our_ae_title, self.destination_ae, group,
+                    self.max_pdu_length, self.config.connect_timeout,
+                    tls_context(address.tls, self.client_ssl))
             except AssociationFailed as exc:
                 log.warning("%s C-MOVE: %s", self.assoc_id, exc)
                 refused = (st.FAILURE_UNABLE_TO_PERFORM_SUBOPERATIONS, str(exc)[:64])

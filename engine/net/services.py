@@ -6,6 +6,7 @@ operation that consumes the dataset fragments and answers after `complete()`.
 from __future__ import annotations
 
 import logging
+import ssl
 
 from engine.dicom.tags import CMD_AFFECTED_SOP_CLASS_UID, CMD_AFFECTED_SOP_INSTANCE_UID
 from engine.dicom.uids import VERIFICATION_SOP_CLASS, is_valid_uid
@@ -83,7 +84,10 @@ class ServiceProvider:
     def __init__(self, pipeline: IngestPipeline, finder: FindExecutor,
                  query_config: QueryConfig, resolver: RetrieveResolver,
                  retrieve_config: RetrieveConfig, codec: CodecWorkers, ae_title: str,
-                 max_pdu_length: int, reporter: CommitmentReporter) -> None:
+                 max_pdu_length: int, reporter: CommitmentReporter,
+                 client_ssl: ssl.SSLContext | None = None) -> None:
+        #: Our TLS client context, for C-MOVE destinations that say tls = true.
+        self.client_ssl = client_ssl
         self.pipeline = pipeline
         self.finder = finder
         self.query_config = query_config
@@ -101,7 +105,8 @@ class ServiceProvider:
     def begin_move(self, context: AcceptedContext, command: Command, calling_ae_title: str,
                    assoc_id: str) -> MoveOperation:
         return MoveOperation(context, command, self.resolver, self.retrieve_config, self.codec,
-                             self.ae_title, calling_ae_title, self.max_pdu_length, assoc_id)
+                             self.ae_title, calling_ae_title, self.max_pdu_length, assoc_id,
+                             self.client_ssl)
 
     def begin_get(self, context: AcceptedContext, command: Command, channel: StoreChannel,
                   assoc_id: str) -> GetOperation:

@@ -397,7 +397,8 @@ class FindExecutor:
         if record is None:
             return None
         try:
-            return pydicom.dcmread(self.store.path_of(record.content_hash),
+            return pydicom.dcmread(ix.external_path(record.content_hash)
+                                   or self.store.path_of(record.content_hash),
                                    stop_before_pixels=True)
         except (BlobNotFound, OSError, pydicom.errors.InvalidDicomError):
             return None

@@ -110,9 +110,10 @@ class RetrieveResolver:
         record = self.reader.instance(uid)
         if record is None:
             return None  # deleted since the walk
+        path = (self.reader.external_path(record.content_hash)  # imported in place
+                or self.store.path_of(record.content_hash))
         return StoredInstance(uid, record.sop_class_uid, record.transfer_syntax_uid,
-                              self.store.path_of(record.content_hash), record.dataset_offset,
-                              record.size - record.dataset_offset)
+                              path, record.dataset_offset, record.size - record.dataset_offset)
 
     def resolve(self, request: RetrieveRequest) -> list[StoredInstance]:
         found = (self.stored(uid) for uid in dict.fromkeys(self._sop_uids(request)))

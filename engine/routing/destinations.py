@@ -8,6 +8,7 @@
     max_associations = 2                   # optional, default 1
     calling_ae_title = ""                  # optional, "" = [network] ae_title
     transfer_syntax = "as-stored"          # optional, for both types
+    tls = false                            # optional: DICOM TLS ([tls] in the config)
 
 NAME is how rules and the forward queue refer to the destination (letters, digits,
 `_ . -`; at most 64).  This module only describes destinations; sending is elsewhere.
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Union
 
-from engine.routing.schema import fail, integer, only_keys, string, table
+from engine.routing.schema import boolean, fail, integer, only_keys, string, table
 
 #: How the copy sent should be encoded: the stored syntax, an uncompressed one the peer
 #: accepts, or JPEG 2000 Lossless (lossless targets only; see codec/transcode.py).
@@ -44,6 +45,8 @@ class DicomDestination:
     calling_ae_title: str = ""
     #: Preferred transfer syntax when a rule does not say (TRANSFER_SYNTAX_PREFERENCES).
     transfer_syntax: str = "as-stored"
+    #: Associate over DICOM TLS: [tls] ca_file checks the peer, our certificate is offered.
+    tls: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ class FolderDestination:
 Destination = Union[DicomDestination, FolderDestination]
 
 _DICOM_KEYS = ("type", "ae_title", "host", "port", "max_associations", "calling_ae_title",
-               "transfer_syntax")
+               "transfer_syntax", "tls")
 _FOLDER_KEYS = ("type", "path", "transfer_syntax")
 
 
@@ -99,7 +102,8 @@ def _parse_destination(name: str, body: Mapping[str, Any], where: str) -> Destin
             max_associations=max_associations,
             calling_ae_title=ae_title(calling, f"{where}: calling_ae_title") if calling else "",
             transfer_syntax=transfer_syntax(body.get("transfer_syntax", "as-stored"),
-                                            f"{where}: transfer_syntax"))
+                                            f"{where}: transfer_syntax"),
+            tls=boolean(body.get("tls", False), f"{where}: tls"))
     if kind == "folder":
         only_keys(body, _FOLDER_KEYS, where)
         if "path" not in body:

@@ -51,6 +51,32 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _syncfs(fd: int) -> None:
+    """syncfs(2): flush the file system holding `fd`, reporting write-back errors (Linux
+    >= 5.8); os.sync() (every file system, no error report) where libc lacks it."""
+    global _libc_syncfs
+    if _libc_syncfs is None:
+        try:
+            import ctypes
+
+            _libc_syncfs = ctypes.CDLL(None, use_errno=True).syncfs
+        except (OSError, AttributeError):
+            _libc_syncfs = False
+    if _libc_syncfs is False:
+        os.sync()
+        return
+    if _libc_syncfs(fd) != 0:
+        import ctypes
+
+        code = ctypes.get_errno()
+        exc = OSError(code, os.strerror(code))
+        _raise_resources(exc, "syncing the store")
+        raise exc
+
+
+_libc_syncfs = None
+
+
 def _raise_resources(exc: OSError, what: str) -> None:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         raise OutOfResources(f"{what}: {os.strerror(exc.errno)}") from exc
@@ -121,11 +147,13 @@ class FilesystemBlobStore:
         self._free_ok = True
 
     # -- lifecycle -------------------------------------------------------------
-    def open(self) -> int:
+    def open(self, clear_temp: bool = True) -> int:
         """Create the layout and remove leftover temp blobs; returns how many were removed.
 
         The shard directories are made (and made durable) here, once, so a commit
         never has to create and fsync a new directory on the ingest path.
+        `clear_temp=False` for tools that may run beside a server (`pacs import`):
+        tmp/ then holds the server's files in flight.
         """
         for path in (self.root, self.objects, self.tmp):
             path.mkdir(parents=True, exist_ok=True)
@@ -137,6 +165,8 @@ class FilesystemBlobStore:
             _fsync_dir(self.objects)
             _fsync_dir(self.root)
         removed = 0
+        if not clear_temp:
+            return removed
         for leftover in self.tmp.iterdir():
             if leftover.is_file() and leftover.name.endswith(_TEMP_SUFFIX):
                 leftover.unlink()
@@ -207,6 +237,44 @@ class FilesystemBlobStore:
             raise
         _fsync_dir(final.parent)
         return True
+
+    def adopt_many(self, paths_and_addresses: list[tuple[Path, str]]) -> list[bool]:
+        """`adopt()` for many files written by the caller, with two file-system syncs in
+        all instead of two fsyncs per file (`pacs import` of small files).
+
+        Order: sync (every file durable) → rename each → sync (every rename durable).
+        Returns, per file, whether it created its address.  A failed sync raises and
+        leaves the files in tmp/ (nothing of them counts as stored).
+        """
+        for path, address in paths_and_addresses:
+            if Path(path).parent != self.tmp:
+                raise InvalidAddress("only files in the store's tmp/ can be adopted")
+            _check(address)
+        self.sync()
+        created = []
+        for path, address in paths_and_addresses:
+            final = self.path_of(address)
+            if final.exists():
+                os.unlink(path)
+                created.append(False)
+                continue
+            try:
+                os.rename(path, final)
+            except OSError as exc:
+                _raise_resources(exc, "renaming imported object")
+                raise
+            created.append(True)
+        if any(created):
+            self.sync()
+        return created
+
+    def sync(self) -> None:
+        """Make everything written to the store's file system durable (syncfs(2))."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            _syncfs(fd)
+        finally:
+            os.close(fd)
 
     # -- reading ---------------------------------------------------------------
     def path_of(self, address: str) -> Path:

@@ -215,6 +215,29 @@ def test_failures_go_dead_then_retry_delivers(tmp_path):
     assert set(refusing.received) == {ds.SOPInstanceUID for ds in study}
 
 
+def test_warning_statuses_are_recorded_per_instance(tmp_path):
+    coercing = StorageSCP("COERCE", status=0xB000)
+    data_dir = tmp_path / "data"
+    config = config_from_mapping(routing_config(
+        data_dir, {"PEER": peer("COERCE", coercing.port)},
+        [{"name": "all", "forward": ["PEER"]}]))
+    running = ServerThread(config).start()
+    study = generate_study(81, profile="tiny", series=1, instances_per_series=2)
+    try:
+        fill(running.port, study)
+        wait_until(lambda: not running.archive.reader.forward_summary(), what="delivery")
+        wait_until(lambda: len(running.archive.reader.forward_warnings(None, 10)) == 2,
+                   what="the warnings recorded")
+    finally:
+        running.stop()
+        coercing.stop()
+    out = subprocess.run([sys.executable, "-m", "engine", "queue", "warnings", "--data-dir",
+                          str(data_dir)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for ds in study:
+        assert f"PEER             0xB000  {ds.SOPInstanceUID}" in out.stdout
+
+
 def test_study_trigger_waits_until_the_study_is_quiet(tmp_path):
     scp = StorageSCP("STUDY")
     config = config_from_mapping(routing_config(
@@ -231,6 +254,9 @@ def test_study_trigger_waits_until_the_study_is_quiet(tmp_path):
     finally:
         running.stop()
         scp.stop()
+    # The whole study on one association, in the order it arrived.
+    assert list(scp.received) == [ds.SOPInstanceUID for ds in study]
+    assert scp.associations == 1
 
 
 @pytest.mark.slow

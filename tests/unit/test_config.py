@@ -9,8 +9,8 @@ import pytest
 
 from engine import cli
 from engine.config import (
-    Config, ConfigError, LoggingConfig, NetworkConfig, StorageConfig, config_from_mapping,
-    load_config)
+    Config, ConfigError, LoggingConfig, NetworkConfig, RemoteAE, RetrieveConfig, StorageConfig,
+    config_from_mapping, load_config)
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "pacs.example.toml"
@@ -233,3 +233,68 @@ def test_invalid_ae_title_flag_raises_config_error():
 def test_main_reports_a_config_error_with_exit_status_2(tmp_path, capsys):
     assert cli.main(["stats", "--data-dir", str(tmp_path / "empty")]) == 2
     assert "no archive" in capsys.readouterr().err
+
+
+# --- [tls], TLS destinations ------------------------------------------------------------
+TLS_FILES = {"certificate": "/c.pem", "key": "/k.pem", "ca_file": "/ca.pem"}
+
+
+@pytest.mark.parametrize("tls, message", [
+    ({"port": 2762}, "needs certificate and key"),
+    ({"port": 2762, "certificate": "/c.pem", "key": "/k.pem"}, "needs ca_file"),
+    ({"certificate": "/c.pem"}, "go together"),
+    ({**TLS_FILES, "port": 2762, "min_version": "1.1"}, "min_version"),
+    ({**TLS_FILES, "port": 70000}, "port out of range"),
+    ({**TLS_FILES, "port": 2762, "handshake_timeout": 0}, "handshake_timeout"),
+    ({**TLS_FILES, "plain_listener": False}, "needs a TLS port"),
+    ({**TLS_FILES, "port": 11112}, "also \\[network\\] port"),
+    ({**TLS_FILES, "port": 2762, "check_hostname": "yes"}, "tls.check_hostname"),
+])
+def test_invalid_tls_section_raises_config_error(tls, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_mapping({"tls": tls})
+
+
+def test_tls_listener_without_client_certificates_needs_no_ca():
+    config = config_from_mapping({"tls": {"port": 2762, "certificate": "/c.pem",
+                                          "key": "/k.pem", "require_client_certificate": False}})
+    assert config.tls.port == 2762 and config.tls.plain_listener
+
+
+def test_retrieve_destinations_take_host_port_or_a_table_with_tls():
+    config = config_from_mapping({"tls": {"ca_file": "/ca.pem"}, "retrieve": {"destinations": {
+        "VIEWER": "10.0.0.5:104",
+        "WS2": {"host": "ws2.example", "port": 2762, "tls": True}}}})
+    assert config.retrieve.destination("VIEWER") == RemoteAE("10.0.0.5", 104, False)
+    assert config.retrieve.destination("WS2 ") == RemoteAE("ws2.example", 2762, True)
+    assert config.retrieve.destination("OTHER") is None
+    assert config.with_overrides(retrieve={"connect_timeout": 3}).retrieve.destinations == \
+        config.retrieve.destinations
+    # Built directly (as tests and tools do), "host:port" strings are parsed too.
+    assert RetrieveConfig(destinations={"A": "h:1"}).destination("A") == RemoteAE("h", 1)
+
+
+@pytest.mark.parametrize("value, message", [
+    ('"10.0.0.5"', "host:port"),
+    ('"10.0.0.5:0"', "port 1-65535"),
+    ('"10.0.0.5:http"', "host:port"),
+    ('{ host = "h", port = 104, tls = "yes" }', "tls"),
+    ('{ host = "h", port = 104, colour = "red" }', "colour"),
+    ('{ port = 104 }', "needs a host"),
+    ("104", "host:port"),
+])
+def test_bad_retrieve_destination_raises_config_error(tmp_path, value, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, f"[retrieve]\ndestinations = {{ V = {value} }}\n"))
+
+
+def test_tls_destinations_need_a_ca_file():
+    with pytest.raises(ConfigError, match="destinations.WS2 says tls = true"):
+        config_from_mapping({"retrieve": {"destinations": {
+            "WS2": {"host": "h", "port": 2762, "tls": True}}}})
+    with pytest.raises(ConfigError, match="routing.destinations.V. says tls = true"):
+        config_from_mapping({"routing": {"destinations": {"V": {
+            "type": "dicom", "ae_title": "V", "host": "h", "port": 2762, "tls": True}}}})
+    config = config_from_mapping({"tls": {"ca_file": "/ca.pem"}, "routing": {"destinations": {
+        "V": {"type": "dicom", "ae_title": "V", "host": "h", "port": 2762, "tls": True}}}})
+    assert config.routing.destinations["V"].tls

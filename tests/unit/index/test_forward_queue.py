@@ -133,3 +133,20 @@ def test_schema_3_queue_gets_its_due_index_on_upgrade(tmp_path):
         assert due(upgraded, "A", 1012.0) == ["1.9.1", "1.9.2"]
     finally:
         upgraded.close()
+
+
+def test_warnings_are_kept_per_instance_until_old(db):
+    add(db, "1.9.1", 1000.0, "A", "B")
+    for job in IndexReader(db)._state(fq.due, "A", 1000.0, 10, set()):
+        write(db, fq.delivered, job, 1001.0, False, 0xB007)
+    for job in IndexReader(db)._state(fq.due, "B", 1000.0, 10, set()):
+        write(db, fq.delivered, job, 1002.0, False, 0x0000)
+    assert IndexReader(db).forward_warnings(None, 10) == [("A", "1.9.1", 0xB007, 1001.0)]
+    assert write(db, fq.forget_old_warnings, 1000.0) == 0
+    assert write(db, fq.forget_old_warnings, 2000.0) == 1
+    assert IndexReader(db).forward_warnings("A", 10) == []
+
+
+def test_due_with_an_infinite_now_lists_every_pending_job(db):
+    add(db, "1.9.1", 1000.0, "A")
+    assert due(db, "A", float("inf")) == ["1.9.1"]
