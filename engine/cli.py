@@ -122,6 +122,26 @@ def cmd_queue(args: argparse.Namespace) -> int:
     import time
 
     config = _config_from_args(args)
+    if args.action == "list":
+        store, db, reader = _open_readonly(config)
+        try:
+            jobs = reader.forward_jobs(args.destination, args.study, 10_000)
+        finally:
+            db.close()
+        now = time.time()
+        for job in jobs:
+            when = ("dead" if job.state == "dead" else
+                    "due now" if job.next_attempt <= now else
+                    f"retry in {job.next_attempt - now:.0f}s")
+            error = (f"0x{job.last_status:04X} " if job.last_status is not None else "") + \
+                job.last_error
+            print(f"{job.order.destination:<16} {job.sop_instance_uid:<64} {job.attempts:>3} "
+                  f"{when:<16} {error}")
+        if not jobs:
+            print("(queue empty)")
+        elif len(jobs) == 10_000:
+            print("(first 10,000 jobs; narrow with --destination or --study)")
+        return 0
     if args.action == "warnings":
         store, db, reader = _open_readonly(config)
         try:
@@ -408,11 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="try again instances that failed before")
     compress.set_defaults(func=cmd_compress)
 
-    queue = sub.add_parser("queue", help="the router's forward queue: status, retry, drop, "
-                                         "warnings")
+    queue = sub.add_parser("queue", help="the router's forward queue: status, list, retry, "
+                                         "drop, warnings")
     common(queue)
-    queue.add_argument("action", nargs="?", choices=("status", "retry", "drop", "warnings"),
-                       default="status")
+    queue.add_argument("action", nargs="?",
+                       choices=("status", "list", "retry", "drop", "warnings"), default="status")
     queue.add_argument("--destination", help="only this destination")
     queue.add_argument("--study", help="only this Study Instance UID")
     queue.add_argument("--all", action="store_true",

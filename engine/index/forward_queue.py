@@ -311,6 +311,17 @@ def _select(txn, tables, destination: str | None, study_uid: str | None):
                 yield job
 
 
+def jobs(txn, tables, destination: str | None, study_uid: str | None,
+         limit: int) -> list[ForwardJob]:
+    """The queued jobs (pending and dead), by destination then arrival, at most `limit`."""
+    found = []
+    for job in _select(txn, tables, destination, study_uid):
+        found.append(job)
+        if len(found) >= limit:
+            break
+    return found
+
+
 def retry(txn, tables, destination: str | None, study_uid: str | None, now: float) -> int:
     """Dead (or backing-off) jobs become due now, with a fresh attempt count; the
     destinations concerned are probed at once."""
@@ -487,5 +498,5 @@ def rebuild_due(txn, tables) -> int:
 __all__ = ["ACTIVITY_KEPT", "WARNINGS_KEPT", "forget_old_warnings", "DestinationHealth", "DestinationSummary", "ForwardJob",
            "ForwardOrder", "RetryPolicy", "add_jobs", "clear_in_flight", "delivered",
            "destination_health", "drop", "due", "expire_aged", "expired", "failed",
-           "forget_done", "forget_quiet_studies", "job_key", "rebuild_due", "retry",
+           "forget_done", "forget_quiet_studies", "job_key", "jobs", "rebuild_due", "retry",
            "set_destination_health", "summary", "warnings"]

@@ -306,6 +306,10 @@ class IndexReader:
     def forward_health(self, destination: str) -> forward_queue.DestinationHealth:
         return self._state(forward_queue.destination_health, destination)
 
+    def forward_jobs(self, destination: str | None, study_uid: str | None, limit: int
+                     ) -> list[forward_queue.ForwardJob]:
+        return self._state(forward_queue.jobs, destination, study_uid, limit)
+
     def forward_warnings(self, destination: str | None, limit: int
                          ) -> list[tuple[str, str, int, float]]:
         return self._state(forward_queue.warnings, destination, limit)

@@ -203,6 +203,12 @@ def test_failures_go_dead_then_retry_delivers(tmp_path):
         summary = running.archive.reader.forward_summary()["PEER"]
         assert summary.last_status == 0xA700
         assert "0xA700" in queue_status(data_dir)
+        listing = subprocess.run([sys.executable, "-m", "engine", "queue", "list", "--data-dir",
+                                  str(data_dir), "--study", study[0].StudyInstanceUID],
+                                 capture_output=True, text=True, timeout=60).stdout
+        for ds in study:  # where each instance is: its destination, attempts, state, error
+            assert f"PEER             {ds.SOPInstanceUID:<64}   2 dead" in listing
+        assert listing.count("0xA700 REFUSE answered 0xA700") == len(study)
         refusing.status = 0x0000
         out = subprocess.run([sys.executable, "-m", "engine", "queue", "retry", "--data-dir",
                               str(data_dir), "--destination", "PEER"],
