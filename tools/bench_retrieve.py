@@ -31,6 +31,7 @@ from pathlib import Path
 import pydicom
 
 from engine.bench.data import DataSpec, prepare_data
+from engine.bench.scenarios.move import wait_files
 from engine.bench.environment import (
     DCMTK_ENV, LOOPBACK, BenchError, find_dcmtk, free_port, machine_info, pacs_base_config,
     pacs_env)
@@ -57,15 +58,6 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
         except OSError:
             time.sleep(0.05)
     raise BenchError(f"nothing listening on {port} after {timeout:g} s")
-
-
-def _wait_files(directory: Path, count: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if sum(1 for p in directory.iterdir() if p.is_file()) >= count:
-            return
-        time.sleep(0.01)
-    raise BenchError(f"storescp wrote fewer than {count} files within {timeout:g} s")
 
 
 def _run(command: list[str], timeout: float) -> float:
@@ -119,7 +111,7 @@ def run(instances: int, rounds: int, out: Path, cache: Path, timeout: float) -> 
             for name, command in (("storescu", send), ("pacs-move", move)):
                 started = time.perf_counter()
                 _run(command, timeout)
-                _wait_files(received, instances, timeout)
+                wait_files(received, instances, timeout)
                 times[name].append(time.perf_counter() - started)
                 _empty(received)
             print(f"round {round_ + 1}/{rounds}: storescu {times['storescu'][-1]:.2f} s, "

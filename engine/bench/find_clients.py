@@ -354,21 +354,7 @@ class RawFind:
                 offset += 4 + length
 
     def time(self, query: Query, runs: int, budget: float) -> Timing:
-        def run_once_more_if_lost() -> int:
-            try:
-                return self.run(query)
-            except _ResponseLost:
-                self.assoc.abort()
-                self.ae.shutdown()
-                self._open()
-                raise
-        timing = Timing([], 0)
-        for _ in range(2):
-            try:
-                return _repeat(run_once_more_if_lost, runs, budget)
-            except _ResponseLost:
-                continue
-        raise BenchError(f"C-FIND {query.name}: no response twice (timeout or abort)")
+        return _repeat(lambda: self.run(query), runs, budget)
 
     def close(self) -> None:
         try:

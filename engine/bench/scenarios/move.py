@@ -52,7 +52,8 @@ class OrthancMovePeer(OrthancPeer):
         path.write_text(json.dumps(config, indent=2))
 
 
-def _wait_files(directory: Path, count: int, timeout: float) -> None:
+def wait_files(directory: Path, count: int, timeout: float) -> None:
+    """Until `directory` holds `count` files (storescp's output), at most `timeout` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if sum(1 for p in directory.iterdir() if p.is_file()) >= count:
@@ -134,7 +135,7 @@ def _one(ctx, peer, round_, command, server, received, data, expected) -> dict:
             if done.returncode != 0:
                 raise BenchError(f"{Path(command[0]).name} exited {done.returncode}: "
                                  f"{done.stderr[-500:]}")
-            _wait_files(received, data.files, ctx.timeout)
+            wait_files(received, data.files, ctx.timeout)
             seconds = time.perf_counter() - started
         if ctx.faulty(peer):
             next(p for p in received.iterdir() if p.is_file()).unlink()
