@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -33,11 +32,11 @@ def _open_readonly(config: Config):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from engine.ops.logs import setup_logging
     from engine.server import Server
 
     config = _config_from_args(args)
-    logging.basicConfig(level=config.logging.level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(config.logging)
     try:
         Server(config).run()
     except OSError as exc:
@@ -323,9 +322,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     from engine.migration.importer import ImportBusy, ImportOptions, Importer
     from engine.migration.report import print_summary
 
+    from engine.ops.logs import setup_logging
+
     config = _config_from_args(args)
-    logging.basicConfig(level=config.logging.level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(config.logging)
     missing = [str(p) for p in args.paths if not p.exists() and not p.is_symlink()]
     if missing:
         print(f"pacs: no such file or directory: {', '.join(missing)}", file=sys.stderr)
@@ -358,14 +358,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Selected instances to a folder (DICOMDIR) or a DICOM peer; the archive is only read."""
     from engine.migration.export import ExportError, run_export
     from engine.migration.export_selection import InvalidSelection, Selection
+    from engine.ops.audit_log import AuditLog
 
     config = _config_from_args(args)
     store, db, reader = _open_readonly(config)
+    trail = AuditLog.from_config(config.audit, config.storage.data_dir)
     try:
         selection = Selection.from_options(args.patient, args.study, args.series, args.key)
         report = run_export(config, store, reader, selection, folder=args.folder, to=args.to,
                             deidentify=args.deidentify, uncompressed=args.uncompressed,
-                            calling_ae=args.calling_ae)
+                            calling_ae=args.calling_ae, audit_trail=trail)
     except (ExportError, InvalidSelection) as exc:
         print(f"pacs: {exc}", file=sys.stderr)
         return 2
@@ -374,6 +376,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                                      if args.folder else ""), file=sys.stderr)
         return 130
     finally:
+        trail.close()
         db.close()
     for uid, reason in report.failures:
         print(f"FAILED   {uid}: {reason}")
@@ -381,6 +384,53 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"WARNING  {uid}: {reason}")
     print(report.summary())
     return 0 if report.ok else 1
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Probe a running server's /health: exit 0 ready, 1 not ready, 2 no answer."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = args.url
+    if url is None:
+        config = _config_from_args(args)
+        if config.web.enabled:
+            host, port = config.web.host, config.web.port
+        elif config.metrics.port:
+            host, port = config.metrics.host, config.metrics.port
+        else:
+            print("pacs: neither [web] nor [metrics] port serves /health in this "
+                  "configuration", file=sys.stderr)
+            return 2
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"  # this machine, where no credentials are needed
+        url = f"http://{f'[{host}]' if ':' in host else host}:{port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"pacs: no answer from {url}: {reason}", file=sys.stderr)
+        return 2
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        print(f"pacs: {url} answered {status} without a health report", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(body, indent=1))
+    else:
+        print(f"{body.get('status', '?')} ({status})")
+        for name, check in body.get("checks", {}).items():
+            details = ", ".join(f"{k}={v}" for k, v in check.items() if k != "ok")
+            print(f"  {'ok  ' if check.get('ok') else 'FAIL'}  {name}"
+                  + (f"  ({details})" if details else ""))
+    if status == 200 and body.get("ready", False):
+        return 0
+    return 1 if status == 503 else 2
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -503,6 +553,16 @@ def build_parser() -> argparse.ArgumentParser:
     find.add_argument("--limit", type=int, default=1000, help="print at most this many")
     find.add_argument("--json", action="store_true", help="JSON instead of a table")
     find.set_defaults(func=cmd_find)
+
+    health = sub.add_parser("health", help="probe a running server's /health (exit 0 ready, "
+                                           "1 not ready, 2 no answer)")
+    common(health)
+    health.add_argument("--url", help="the /health URL (default: from [web] or [metrics] "
+                                      "of the configuration, on this machine)")
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait "
+                                                                   "(default 5)")
+    health.add_argument("--json", action="store_true", help="print the JSON report")
+    health.set_defaults(func=cmd_health)
 
     from engine.bench.runner import add_arguments as bench_arguments
 

@@ -279,6 +279,35 @@ class WebConfig:
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
+    #: "text" (one line per message) or "json" (JSON lines on stderr: timestamp, level,
+    #: logger, message, association id when the message names one).
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The audit trail (engine/ops/audit*.py): one JSON line per audited event."""
+
+    enabled: bool = True
+    #: Directory of the daily files audit-YYYYMMDD.jsonl ("" = <data_dir>/audit), or one
+    #: file when the path ends in .jsonl (for an external logrotate).
+    path: str = ""
+    #: Also send each record to syslog: "udp://host:514", "tcp://host:601", "host:port"
+    #: (UDP) or a local socket path such as "/dev/log"; "" = not sent.
+    syslog: str = ""
+    #: fsync the audit file after each batch of records (at most one batch a second).
+    fsync: bool = False
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus /metrics (engine/ops/metrics.py) and /health."""
+
+    enabled: bool = True
+    #: With [web] disabled: serve /metrics and /health on this port (0 = not served).
+    #: With [web] enabled they are on the web server and this is not used.
+    port: int = 0
+    host: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -296,6 +325,8 @@ class Config:
     tls: TLSConfig = field(default_factory=TLSConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def with_overrides(self, **sections: Mapping[str, Any]) -> "Config":
         """Return a copy with some fields of some sections replaced (CLI flags)."""
@@ -500,6 +531,16 @@ def _validate(obj: Any, section: str) -> None:
     if isinstance(obj, LoggingConfig):
         if obj.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ConfigError(f"[{section}] level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        if obj.format not in {"text", "json"}:
+            raise ConfigError(f"[{section}] format must be \"text\" or \"json\"")
+    if isinstance(obj, AuditConfig) and obj.syslog and parse_syslog_address(obj.syslog) is None:
+        raise ConfigError(f"[{section}] syslog must be \"udp://host:port\", \"tcp://host:port\", "
+                          f"\"host:port\" or a socket path like \"/dev/log\", got {obj.syslog!r}")
+    if isinstance(obj, MetricsConfig):
+        if not 0 <= obj.port <= 65535:
+            raise ConfigError(f"[{section}] port out of range: {obj.port}")
+        if not obj.host.strip():
+            raise ConfigError(f"[{section}] host must not be empty")
 
 
 _PASSWORD_HASH = re.compile(r"pbkdf2_sha256\$[1-9][0-9]*\$[0-9a-f]{16,}\$[0-9a-f]{64}")
@@ -540,6 +581,22 @@ def _validate_web(obj: "WebConfig", section: str) -> None:
         raise ConfigError(f"[{section}] host {obj.host!r} is not a loopback address: the "
                           "DICOMweb API would be open to the network without authentication "
                           "(set authentication = \"token\" or \"basic\", or host = \"127.0.0.1\")")
+
+
+def parse_syslog_address(text: str) -> tuple[str, object] | None:
+    """ "udp://h:p", "tcp://h:p", "h:p" (UDP) or "/socket/path" as (transport, address)."""
+    text = text.strip()
+    if text.startswith("/"):
+        return "unix", text
+    transport, sep, rest = text.partition("://")
+    if not sep:
+        transport, rest = "udp", text
+    if transport not in ("udp", "tcp"):
+        return None
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return transport, (host.strip("[]"), int(port))
 
 
 def parse_window(text: str) -> tuple[int, int] | None:

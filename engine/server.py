@@ -27,6 +27,10 @@ from engine.net.listener import DicomListener, ListenerLimits
 from engine.net.peers import PeerTable
 from engine.net.tls import client_context, server_context
 from engine.net.services import ServiceProvider
+from engine.ops.audit_log import AuditLog, AuditSink
+from engine.ops.health import HealthChecker, HealthSources, LoopMonitor
+from engine.ops.metrics import FORWARD_COUNT_LIMIT, ArchiveCollector, Metrics, ScrapeSources
+from engine.ops.observer import Observers
 from engine.query.find import FindExecutor
 from engine.query.retrieve import RetrieveResolver
 from engine.routing.router import RuleRouter, routing_secret
@@ -94,6 +98,15 @@ class Server:
         #: The DICOMweb API ([web]) and its bound port.
         self.web = None
         self.web_port: int | None = None
+        #: Operations (engine/ops): audit trail, metrics, health; /metrics and /health on
+        #: the web server, or on their own port ([metrics] port) when [web] is disabled.
+        self.audit: AuditSink | None = None
+        self.metrics: Metrics | None = None
+        self.observers: Observers | None = None
+        self.health: HealthChecker | None = None
+        self.loop_monitor: LoopMonitor | None = None
+        self.ops_server = None
+        self.metrics_port: int | None = None
         self._stop = asyncio.Event()
 
     async def startup(self) -> None:
@@ -101,7 +114,14 @@ class Server:
         # Certificates are read first: a bad file stops the start before the archive opens.
         server_ssl = server_context(tls) if tls.port else None
         self.client_ssl = client_context(tls) if tls.ca_file else None
-        self.archive = Archive.open(self.config)
+        self.audit = AuditLog.from_config(self.config.audit, self.config.storage.data_dir)
+        self.metrics = Metrics()
+        self.observers = Observers(self.audit, self.metrics, net.ae_title)
+        try:
+            self.archive = Archive.open(self.config)
+        except BaseException:
+            self.audit.close()
+            raise
         policy = AcceptorPolicy(net.ae_title, net.max_pdu_length,
                                 require_called_ae_title=net.require_called_ae_title)
         limits = ListenerLimits(net.max_associations, net.max_associations_per_ip,
@@ -118,7 +138,8 @@ class Server:
             RetrieveResolver(archive.reader, archive.store), self.config.retrieve, self.codec,
             net.ae_title, net.max_pdu_length, reporter, self.client_ssl)
         peers = PeerTable.from_config(self.config.security, net.allowed_calling_ae_titles)
-        self.listener = DicomListener(policy, limits, services, peers)
+        self.listener = DicomListener(policy, limits, services, peers, self.observers)
+        self._prepare_ops()
         try:
             if tls.plain_listener:
                 self.port = await self.listener.start(net.host, net.port)
@@ -127,11 +148,18 @@ class Server:
                                                           tls.handshake_timeout)
             if self.config.web.enabled:
                 await self._start_web()
+            elif self.config.metrics.port:
+                await self._start_ops_server()
         except BaseException:
+            if self.web is not None:
+                await self.web.stop()
+                self.web = None
             await self.listener.stop(grace=0)  # a socket already listening is closed again
             self.listener = None
             self.archive.close()  # commit nothing half-open; the caller reports the error
             self.archive = None
+            await self.loop_monitor.stop()
+            self.audit.close()
             raise
         log.info("%s listening on %s%s%s, data in %s", net.ae_title, net.host,
                  f" port {self.port}" if self.port is not None else "",
@@ -144,6 +172,48 @@ class Server:
             self._start_routing()
         if self.config.compression.enabled:
             self._start_compression()
+        self.observers.application(started=True)
+
+    def _prepare_ops(self) -> None:
+        """Scrape-time gauges, the health checks and the loop monitor (engine/ops)."""
+        archive, config, audit = self.archive, self.config, self.audit
+        data_dir = config.storage.data_dir
+        reader = archive.reader
+        forward_counts = None
+        if config.routing.enabled:
+            names = tuple(config.routing.destinations)
+            forward_counts = lambda: reader.forward_counts(names, FORWARD_COUNT_LIMIT)  # noqa: E731
+        self.metrics.add(ArchiveCollector(ScrapeSources(
+            data_dir, index_stats=reader.stats, index_file=data_dir / "index" / "data.mdb",
+            compression_backlog=reader.compression_queue_length, forward_counts=forward_counts,
+            active_associations=lambda: self.listener.active if self.listener else 0,
+            audit_counts=(lambda: (audit.written, audit.failed, audit.dropped))
+            if audit.enabled else None)))
+        self.loop_monitor = LoopMonitor(self.metrics.loop_lag)
+        self.loop_monitor.start()
+        self.health = HealthChecker(HealthSources(
+            data_dir, config.storage.min_free_bytes, self.loop_monitor, reader.stats,
+            lambda: archive.writer.alive,
+            lambda: self.listener is not None and self.listener.accepting))
+
+    def _web_ops(self):
+        from engine.web.ops_routes import WebOps
+
+        return WebOps(self.audit, self.metrics, self.health, self.config.network.ae_title,
+                      self.config.metrics.enabled)
+
+    async def _start_ops_server(self) -> None:
+        """/metrics and /health on [metrics] host:port (the web server is disabled)."""
+        from engine.config import WebConfig
+        from engine.web.app import WebServer
+        from engine.web.ops_routes import build_ops_app
+
+        m = self.config.metrics
+        self.ops_server = WebServer(build_ops_app(self._web_ops()),
+                                    WebConfig(host=m.host, port=m.port))
+        self.metrics_port = await self.ops_server.start()
+        log.info("metrics and health on http://%s:%d/metrics, /health", m.host,
+                 self.metrics_port)
 
     async def _start_web(self) -> None:
         """DICOMweb (engine/web) on this loop: same archive, pipeline and codec workers."""
@@ -152,8 +222,9 @@ class Server:
         web, archive = self.config.web, self.archive
         services = WebServices(archive.reader, archive.store, archive.pipeline, self.codec,
                                self.config.query.max_results)
-        self.web = WebServer(build_app(services, web), web)
+        self.web = WebServer(build_app(services, web, self._web_ops()), web)
         self.web_port = await self.web.start()
+        self.metrics_port = self.web_port
         log.info("DICOMweb on http://%s:%d%s (authentication: %s)", web.host, self.web_port,
                  web.base_path or "/", web.authentication)
 
@@ -168,7 +239,7 @@ class Server:
             net.ae_title, net.max_pdu_length, self.config.retrieve.connect_timeout,
             self.config.retrieve.response_timeout,
             routing_secret(self.config.storage.data_dir), routing.retention,
-            routing.association_linger, self.client_ssl)
+            routing.association_linger, self.client_ssl, self.observers)
         archive.pipeline.set_router(RuleRouter(routing.rules, self.forwarder.wake))
         self.forwarder.start()
         log.info("routing: %d rule(s), %d destination(s)", len(routing.rules),
@@ -206,6 +277,8 @@ class Server:
         log.info("stopping: no new associations, finishing in-flight stores")
         if self.web is not None:
             await self.web.stop()  # in-flight requests get a few seconds, then are cancelled
+        if self.ops_server is not None:
+            await self.ops_server.stop()
         if self.listener is not None:
             await self.listener.stop()
             await self.listener.services.reporter.drain(self.config.retrieve.connect_timeout +
@@ -219,6 +292,11 @@ class Server:
             self.codec.close()
         if self.archive is not None:
             self.archive.close()
+        if self.loop_monitor is not None:
+            await self.loop_monitor.stop()
+        if self.audit is not None:
+            self.observers.application(started=False)
+            self.audit.close()  # everything queued is written
         log.info("stopped")
 
     def run(self) -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from engine.config import (
-    CodecConfig, Config, NetworkConfig, QueryConfig, RetrieveConfig, StorageConfig, WebConfig)
+    AuditConfig, CodecConfig, Config, MetricsConfig, NetworkConfig, QueryConfig, RetrieveConfig,
+    StorageConfig, WebConfig)
 from engine.server import Server, event_loop_factory
 
 LOOPBACK = "127.0.0.1"
@@ -81,10 +82,12 @@ def make_config(data_dir: Path, **network) -> Config:
     # DICOMweb only when a test asks for it (web={...}), then on a free port.
     web = network.pop("web", None)
     web = WebConfig(**{"port": 0, **web}) if web is not None else WebConfig(enabled=False)
+    audit = AuditConfig(**network.pop("audit", {}))  # on: in data_dir/audit
+    metrics = MetricsConfig(**network.pop("metrics", {}))
     return Config(network=NetworkConfig(host=LOOPBACK, port=0, **network),
                   storage=StorageConfig(data_dir=data_dir, **storage),
                   query=QueryConfig(**query), retrieve=RetrieveConfig(**retrieve),
-                  codec=CodecConfig(**codec), web=web)
+                  codec=CodecConfig(**codec), web=web, audit=audit, metrics=metrics)
 
 
 class ServerThread:

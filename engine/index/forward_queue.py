@@ -367,38 +367,64 @@ def forget_done(txn, tables, sop_uid: str) -> bool:
     return txn.get(sop_uid.encode(), db=tables.forward_pending) is None
 
 
-def forget_old_warnings(txn, tables, before: float, limit: int = 1000) -> int:
+def _forget_older(txn, table, before: float, time_of, limit: int) -> int:
+    """Delete up to `limit` rows of `table` whose time (`time_of(value)`) is before `before`."""
     old = []
-    with txn.cursor(db=tables.forward_warnings) as cur:
+    with txn.cursor(db=table) as cur:
         for key, value in cur:
-            if json.loads(bytes(value))["time"] < before:
+            if time_of(bytes(value)) < before:
                 old.append(bytes(key))
                 if len(old) >= limit:
                     break
     for key in old:
-        txn.delete(key, db=tables.forward_warnings)
+        txn.delete(key, db=table)
     return len(old)
+
+
+def forget_old_warnings(txn, tables, before: float, limit: int = 1000) -> int:
+    return _forget_older(txn, tables.forward_warnings, before,
+                         lambda raw: json.loads(raw)["time"], limit)
 
 
 def forget_quiet_studies(txn, tables, before: float, limit: int = 1000) -> int:
     """Drop study_activity entries older than `before`: a study quiet that long is
     stable for any trigger (a missing entry reads as quiet since forever)."""
-    stale = []
-    with txn.cursor(db=tables.study_activity) as cur:
-        for key, value in cur:
-            if float(bytes(value)) < before:
-                stale.append(bytes(key))
-                if len(stale) >= limit:
-                    break
-    for key in stale:
-        txn.delete(key, db=tables.study_activity)
-    return len(stale)
+    return _forget_older(txn, tables.study_activity, before, float, limit)
 
 
 # -- destination health ----------------------------------------------------------------
 def destination_health(txn, tables, destination: str) -> DestinationHealth:
     raw = txn.get(destination.encode(), db=tables.forward_destinations)
     return DestinationHealth() if raw is None else DestinationHealth.decode(raw)
+
+
+def _keys_with_prefix(txn, table, prefix: bytes, limit: int) -> int:
+    """Keys starting with `prefix`, counted without reading values, at most `limit`."""
+    count = 0
+    with txn.cursor(db=table) as cur:
+        if not cur.set_range(prefix):
+            return 0
+        for key in cur.iternext(keys=True, values=False):
+            if not bytes(key).startswith(prefix) or count >= limit:
+                break
+            count += 1
+    return count
+
+
+def counts(txn, tables, destinations, limit: int) -> dict[str, tuple[int, int, bool]]:
+    """Per destination: (pending, dead, down), from keys only (metrics: no job decoded).
+
+    Pending jobs have a forward_due key, dead ones only their forward_jobs key; each
+    count stops at `limit`, so the cost is bounded whatever the backlog.
+    """
+    result = {}
+    for name in destinations:
+        prefix = name.encode() + b"\x00"
+        queued = _keys_with_prefix(txn, tables.forward_jobs, prefix, limit)
+        pending = _keys_with_prefix(txn, tables.forward_due, prefix, limit)
+        result[name] = (pending, max(0, queued - pending),
+                        destination_health(txn, tables, name).down)
+    return result
 
 
 def set_destination_health(txn, tables, destination: str, health: DestinationHealth) -> None:
@@ -496,7 +522,7 @@ def rebuild_due(txn, tables) -> int:
 
 
 __all__ = ["ACTIVITY_KEPT", "WARNINGS_KEPT", "forget_old_warnings", "DestinationHealth", "DestinationSummary", "ForwardJob",
-           "ForwardOrder", "RetryPolicy", "add_jobs", "clear_in_flight", "delivered",
+           "ForwardOrder", "RetryPolicy", "add_jobs", "clear_in_flight", "counts", "delivered",
            "destination_health", "drop", "due", "expire_aged", "expired", "failed",
            "forget_done", "forget_quiet_studies", "job_key", "jobs", "rebuild_due", "retry",
            "set_destination_health", "summary", "warnings"]

@@ -314,6 +314,10 @@ class IndexReader:
                          ) -> list[tuple[str, str, int, float]]:
         return self._state(forward_queue.warnings, destination, limit)
 
+    def forward_counts(self, destinations, limit: int) -> dict[str, tuple[int, int, bool]]:
+        """(pending, dead, down) per destination, each count capped at `limit` (metrics)."""
+        return self._state(forward_queue.counts, destinations, limit)
+
     def forward_summary(self) -> dict[str, forward_queue.DestinationSummary]:
         return self._state(forward_queue.summary)
 

@@ -325,6 +325,11 @@ class GroupCommitWriter:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """Whether the writer thread runs (the health check asks)."""
+        return self._thread.is_alive()
+
     def submit(self, entry: IndexEntry) -> "asyncio.Future[IndexOutcome]":
         loop = asyncio.get_running_loop()
         future = loop.create_future()

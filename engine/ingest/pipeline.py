@@ -109,6 +109,9 @@ class InstanceReceiver:
         self._write_error: OutOfResources | None = None
         #: Values of the tags only routing rules look at, by keyword.
         self.extra_attributes: dict = {}
+        #: Set by complete() (the audit trail names the study and patient of a store).
+        self.study_instance_uid = ""
+        self.patient_id = ""
 
     def feed(self, fragment: memoryview) -> None:
         """Write, hash and scan one P-DATA fragment of the dataset."""
@@ -178,6 +181,8 @@ class InstanceReceiver:
         except BaseException:
             self._temp.discard()
             raise
+        self.study_instance_uid = attrs.get("StudyInstanceUID", "")
+        self.patient_id = attrs.get("PatientID", "")
         address = self._hasher.hexdigest()
         router = self._pipeline.router
         forwards = () if router is None else router.route(

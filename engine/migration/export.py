@@ -15,6 +15,7 @@ router sends) asks for a copy.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from engine.net.tls import client_context
 from engine.query.retrieve import RetrieveResolver, StoredInstance
 from engine.routing.copy import prepare_copy
 from engine.routing.deidentify import UIDMapper
+
+log = logging.getLogger(__name__)
 
 
 class ExportError(EngineError):
@@ -126,9 +129,11 @@ class ProgressDisplay:
 
 def run_export(config, store, reader, selection, *, folder: Path | None = None,
                to: str | None = None, deidentify: bool = False, uncompressed: bool = False,
-               calling_ae: str | None = None, progress_stream=None) -> ExportReport:
+               calling_ae: str | None = None, progress_stream=None,
+               audit_trail=None) -> ExportReport:
     """Select, check the destination, export; ExportError / InvalidSelection before
-    anything is written when the input is wrong."""
+    anything is written when the input is wrong.  `audit_trail` (an AuditSink) gets one
+    Export record per patient exported, with its studies and counts."""
     from engine.migration.export_folder import FolderExport, prepare_folder
     from engine.migration.export_peer import Peer, PeerExport, check_ae_title
     from engine.migration.export_selection import select_instances
@@ -179,7 +184,46 @@ def run_export(config, store, reader, selection, *, folder: Path | None = None,
                     instances, report, progress, max(1, threads))
     finally:
         codec.close()
+        if audit_trail is not None and audit_trail.enabled:
+            try:
+                _audit(audit_trail, config, resolver, instances, report, peer, folder,
+                       deidentify)
+            except Exception:  # noqa: BLE001 - the export's own outcome stands
+                log.exception("the export's audit record could not be made")
     return report
+
+
+def _audit(trail, config, resolver, instances, report: ExportReport, peer, folder,
+           deidentify: bool) -> None:
+    """110106 Export, per patient: what left the archive, to where, by whom."""
+    from engine.ops import audit
+
+    failed = {uid for uid, _ in report.failures}
+    studies = resolver.studies_of([i.sop_instance_uid for i in instances])
+    tallies = audit.Tallies()
+    for instance in instances:
+        study, patient = studies.get(instance.sop_instance_uid, ("", ""))
+        tallies.add(study, patient, instance.sop_class_uid,
+                    instance.sop_instance_uid not in failed)
+    ae_title = config.network.ae_title
+    if peer is not None:
+        destination = audit.participant(peer.ae_title, False, audit.ROLE_DESTINATION, peer.host)
+    else:
+        destination = audit.participant(str(folder), False, audit.ROLE_DESTINATION_MEDIA)
+    participants = [audit.operator(), audit.participant(ae_title, False, audit.ROLE_SOURCE),
+                    destination]
+    detail = "pacs export" + (" (de-identified copies)" if deidentify else "") + \
+        f" to {report.where}"
+
+    def make(objects, done, failed_count):
+        return audit.record("export", audit.EXPORT, "R", audit.outcome_of(done, failed_count),
+                            participants, objects, source_id=ae_title,
+                            description=f"{detail}: {done} instance(s)"
+                            + (f", {failed_count} failed" if failed_count else ""),
+                            Deidentified=deidentify)
+
+    for record in audit.study_records(tallies, make, per_patient=True):
+        trail.emit(record)
 
 
 __all__ = ["ExportError", "ExportReport", "InstanceFailed", "ProgressDisplay", "Transform",

@@ -49,6 +49,8 @@ from engine.migration import scan
 from engine.migration.indexing import Pending, apply_batch
 from engine.migration.report import FileReport, ImportSummary, Progress
 from engine.migration.walker import Candidate, Skipped, walk
+from engine.ops import audit
+from engine.ops.audit_log import AuditLog
 from engine.store.blob_store import FilesystemBlobStore
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,8 @@ class Importer:
         self._isolate = False  # after a worker crash: one file per task
         self._crashes = 0  # crashes in a row, alone on a fresh pool: a broken pool, not a file
         self._ae_title = sanitize_ae_title(options.ae_title)
+        #: Instances indexed per study, for the audit trail (one Import record per study).
+        self._imported = audit.Tallies()
 
     # -- entry point -----------------------------------------------------------------------
     def run(self) -> ImportSummary:
@@ -111,32 +115,70 @@ class Importer:
         data_dir = storage.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
-        with _exclusive(data_dir / "import.lock"):
-            self._start_pool(data_dir)  # the workers start while the store and index open
-            try:
-                self.store = FilesystemBlobStore(data_dir, storage.min_free_bytes)
-                self.store.open(clear_temp=False)
-                for leftover in self.store.tmp.glob(f"{scan.TEMP_PREFIX}*{scan.TEMP_SUFFIX}"):
-                    leftover.unlink(missing_ok=True)  # ours, from an interrupted run (locked)
-                self.db = IndexDatabase(data_dir / "index", storage.index_map_size)
-                self.writer = GroupCommitWriter(self.db, storage.duplicate_policy,
-                                                storage.group_commit_max)
-                self.writer.start()
-                self.reader = IndexReader(self.db)
-                self.report = FileReport(self.options.report)
-                try:
-                    with self._sigint(), Progress(self.summary, self._interactive,
-                                                  stream=self._stream) as progress:
-                        self.progress = progress
-                        self._run()
-                finally:
-                    self.summary.elapsed = time.monotonic() - start
-                    self.report.close(self.summary)
-                    self.writer.stop()
-                    self.db.close()
-            finally:
-                self._pool.shutdown(wait=True, cancel_futures=True)
+        trail = AuditLog.from_config(self.config.audit, data_dir)
+        try:
+            with _exclusive(data_dir / "import.lock"):
+                self._run_locked(data_dir, storage, start)
+        finally:
+            self._audit(trail)
+            trail.close()
         return self.summary
+
+    def _audit(self, trail) -> None:
+        """One 110107 Import record per study imported (and one for rejected files)."""
+        if not trail.enabled:
+            return
+        paths = [str(p) for p in self.options.paths[:20]]
+        source = audit.participant(", ".join(paths)[:1024], False, audit.ROLE_SOURCE_MEDIA)
+        participants = [audit.operator(),
+                        audit.participant(self.config.network.ae_title, False,
+                                          audit.ROLE_DESTINATION),
+                        source]
+        mode = "in place" if self.options.in_place else "copied"
+
+        def make(objects, done, failed):
+            return audit.record("import", audit.IMPORT, "C", audit.outcome_of(done, failed),
+                                participants, objects, source_id=self.config.network.ae_title,
+                                description=f"pacs import ({mode}): {done} instance(s)"
+                                + (f", {failed} refused" if failed else ""))
+
+        for r in audit.study_records(self._imported, make):
+            trail.emit(r)
+        summary = self.summary
+        if summary.rejected or summary.fatal or summary.interrupted:
+            trail.emit(audit.record(
+                "import", audit.IMPORT, "C",
+                audit.SERIOUS_FAILURE if summary.fatal else audit.MINOR_FAILURE, participants,
+                source_id=self.config.network.ae_title,
+                description=f"pacs import: {summary.rejected} file(s) rejected"
+                + (f"; stopped: {summary.fatal}" if summary.fatal else "")
+                + ("; interrupted" if summary.interrupted else "")))
+
+    def _run_locked(self, data_dir: Path, storage, start: float) -> None:
+        self._start_pool(data_dir)  # the workers start while the store and index open
+        try:
+            self.store = FilesystemBlobStore(data_dir, storage.min_free_bytes)
+            self.store.open(clear_temp=False)
+            for leftover in self.store.tmp.glob(f"{scan.TEMP_PREFIX}*{scan.TEMP_SUFFIX}"):
+                leftover.unlink(missing_ok=True)  # ours, from an interrupted run (locked)
+            self.db = IndexDatabase(data_dir / "index", storage.index_map_size)
+            self.writer = GroupCommitWriter(self.db, storage.duplicate_policy,
+                                            storage.group_commit_max)
+            self.writer.start()
+            self.reader = IndexReader(self.db)
+            self.report = FileReport(self.options.report)
+            try:
+                with self._sigint(), Progress(self.summary, self._interactive,
+                                              stream=self._stream) as progress:
+                    self.progress = progress
+                    self._run()
+            finally:
+                self.summary.elapsed = time.monotonic() - start
+                self.report.close(self.summary)
+                self.writer.stop()
+                self.db.close()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _start_pool(self, data_dir: Path) -> None:
         options = self.options
@@ -403,6 +445,10 @@ class Importer:
             return
         for item, outcome in zip(batch, outcomes):
             address = item.entry.content_hash
+            attributes = item.entry.attributes
+            self._imported.add(attributes.get("StudyInstanceUID", ""),
+                               attributes.get("PatientID", ""), item.entry.sop_class_uid,
+                               outcome is not IndexOutcome.REJECTED_DUPLICATE)
             if outcome is IndexOutcome.REJECTED_DUPLICATE:
                 self._problem(item.source_path, "rejected",
                               "different content already stored under this SOP Instance UID "

@@ -145,6 +145,12 @@ def _reject(reason: tuple[int, int, int], calling: str = "", called: str = "") -
 
 def decode_associate_rq(raw: bytes) -> A_ASSOCIATE:
     """Decode an A-ASSOCIATE-RQ PDU to pynetdicom's primitive; MalformedPDU if it is not one."""
+    # AE titles (PS3.5 AE: ASCII, no control characters, no backslash) are checked before
+    # pynetdicom sees them: it logs a refused title verbatim, so a peer could write a
+    # newline or terminal escapes into our log.
+    if any(b < 0x20 or b > 0x7E or b == 0x5C for b in raw[10:42]):
+        raise MalformedPDU("A-ASSOCIATE-RQ AE title with a control character, a backslash "
+                           "or a non-ASCII byte")
     try:
         pdu = A_ASSOCIATE_RQ()
         pdu.decode(raw)

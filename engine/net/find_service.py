@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from typing import Awaitable, Callable
 
 from engine.config import QueryConfig
@@ -22,6 +23,7 @@ from engine.net import status as st
 from engine.net.acse import AcceptedContext
 from engine.net.dimse import (
     C_FIND_RSP, MAX_IDENTIFIER_LENGTH, Command, DatasetBuffer, encode_response)
+from engine.ops.logs import redact_values
 from engine.query.find import FindExecutor, FindQuery, InvalidQuery, decode_identifier
 
 log = logging.getLogger(__name__)
@@ -32,14 +34,24 @@ _WINDOW = 4  # batches the query thread may run ahead of the socket
 SendMessage = Callable[[int, bytes, bytes | None], Awaitable[None]]
 
 
+def query_keys(query: FindQuery) -> dict[str, str]:
+    """The keys of a query as the audit trail records them (keyword or tag → value)."""
+    keys = {"QueryRetrieveLevel": query.level}
+    for key in query.keys:
+        keys[key.keyword or f"({key.tag >> 16:04X},{key.tag & 0xFFFF:04X})"] = key.text
+    return keys
+
+
 class FindOperation:
     """One C-FIND: collects the identifier, then streams matches until done or cancelled."""
 
     reads_while_running = True  # the peer may send C-CANCEL while results stream
 
     def __init__(self, context: AcceptedContext, command: Command, executor: FindExecutor,
-                 config: QueryConfig, assoc_id: str) -> None:
+                 config: QueryConfig, assoc_id: str, observer=None) -> None:
         self.context_id = context.context_id
+        #: The association's AssociationObserver (engine.ops): audit record and metrics.
+        self.observer = observer
         self.context = context
         self.command = command
         self._executor = executor
@@ -67,13 +79,21 @@ class FindOperation:
     def _final(self, status: int, comment: str = "") -> bytes:
         return encode_response(C_FIND_RSP, self.command, status, comment)
 
+    def _observe(self, status: int, keys: dict, matches: int, detail: str = "") -> None:
+        if self.observer is not None:
+            self.observer.queried(self.context.abstract_syntax, keys,
+                                  self.context.transfer_syntax, status, matches,
+                                  time.monotonic() - self._started, detail)
+
     async def run(self, send: SendMessage) -> None:
         """Send pending responses, then the final one, through `send(context, cmd, ds)`."""
+        self._started = time.monotonic()
         ts = self.context.transfer_syntax
         if self._identifier.too_long:
             await send(self.context_id, self._final(st.FAILURE_UNABLE_TO_PROCESS,
                                                     "identifier too long"),
                        None)
+            self._observe(st.FAILURE_UNABLE_TO_PROCESS, {}, 0, "identifier too long")
             return
         try:
             query = FindQuery.from_identifier(self.context.abstract_syntax,
@@ -82,11 +102,13 @@ class FindOperation:
                                               relational=self.context.relational_queries)
         except Exception as exc:  # InvalidQuery, or a bug: answer the peer either way
             status, comment = st.status_for_query_error(exc)
-            if isinstance(exc, InvalidQuery):
-                log.info("%s C-FIND refused with 0x%04X: %s", self.assoc_id, status, exc)
+            if isinstance(exc, InvalidQuery):  # its text may quote a value: not in this log
+                log.info("%s C-FIND refused with 0x%04X: %s", self.assoc_id, status,
+                         redact_values(exc))
             else:
                 log.exception("%s C-FIND identifier could not be processed", self.assoc_id)
             await send(self.context_id, self._final(status, comment), None)
+            self._observe(status, {}, 0, f"refused: {comment}")
             return
         loop = asyncio.get_running_loop()
         results: asyncio.Queue = asyncio.Queue()
@@ -150,15 +172,17 @@ class FindOperation:
                         matches += 1
                     continue
                 if self.cancelled:
-                    final = self._final(st.CANCEL)
+                    status, comment = st.CANCEL, ""
                 elif kind == "cap":
-                    final = self._final(st.FAILURE_OUT_OF_RESOURCES,
-                                        f"more than {cap} matches; narrow the query")
+                    status, comment = (st.FAILURE_OUT_OF_RESOURCES,
+                                       f"more than {cap} matches; narrow the query")
                 elif kind == "error":
-                    final = self._final(*st.status_for_query_error(payload))
+                    status, comment = st.status_for_query_error(payload)
                 else:
-                    final = self._final(st.SUCCESS)
-                await send(self.context_id, final, None)
+                    status, comment = st.SUCCESS, ""
+                await send(self.context_id, self._final(status, comment), None)
+                if self.observer is not None:
+                    self._observe(status, query_keys(query), matches)
                 log.info("%s C-FIND %s level: %d matches%s", self.assoc_id, query.level,
                          matches, " (cancelled)" if self.cancelled else "")
                 return

@@ -37,6 +37,8 @@ from engine.net.folder_delivery import write_to_folder
 from engine.net.peer_session import PeerSession, is_success
 from engine.net.requestor import AssociationFailed
 from engine.net.retrieve_service import CopyRecipe
+from engine.ops import audit
+from engine.ops.audit import Tallies
 from engine.query.retrieve import RetrieveResolver, StoredInstance
 from engine.routing.copy import prepare_copy
 from engine.routing.deidentify import UIDMapper
@@ -80,7 +82,9 @@ class Forwarder:
                  policy: RetryPolicy, our_ae_title: str, max_pdu_length: int,
                  connect_timeout: float, response_timeout: float,
                  deidentify_secret: str, retention: float = 0.0, linger: float = 5.0,
-                 client_ssl: ssl.SSLContext | None = None) -> None:
+                 client_ssl: ssl.SSLContext | None = None, observers=None) -> None:
+        #: The audit trail (engine.ops.observer.Observers): store-and-forward deletions.
+        self.observers = observers
         self.destinations = destinations
         self.reader = reader
         self.writer = writer
@@ -389,6 +393,25 @@ class Forwarder:
                 health = replace(link.health, in_flight=count)
                 self.writer.post(lambda tx, n=link.name, h=health: tx.set_forward_health(n, h))
 
+    def _audit_deleted(self, deleted: Tallies) -> None:
+        """One 110105 "DICOM Study Deleted" record per study of the instances removed."""
+        observers = self.observers
+
+        def make(objects, done, failed):
+            for obj in objects:  # instance counts only: the SOP classes were not read
+                description = obj.get("ParticipantObjectDescription")
+                if description is not None:
+                    description.pop("SOPClass", None)
+                    description["NumberOfInstances"] = done
+            return audit.record("delete", audit.STUDY_DELETED, "D", audit.SUCCESS,
+                                [observers.us(audit.ROLE_APPLICATION)], objects,
+                                source_id=observers.ae_title,
+                                description=f"store-and-forward: {done} delivered "
+                                            f"instance(s) removed after the retention")
+
+        for r in audit.study_records(deleted, make):
+            observers.emit(r)
+
     async def _maintain(self) -> None:
         """Store-and-forward removal of delivered instances; forget quiet studies and old
         warnings."""
@@ -398,14 +421,23 @@ class Forwarder:
             if self.retention > 0:
                 uids = await asyncio.to_thread(self.reader.forward_expired,
                                                time.time() - self.retention, 500)
+                auditing = self.observers is not None and self.observers.auditing
+                studies = await asyncio.to_thread(self.resolver.studies_of, uids) \
+                    if auditing and uids else {}
+                deleted = Tallies()
                 for uid in uids:
                     address = await asyncio.to_thread(
                         self.writer.run_job, lambda tx, uid=uid: tx.forward_expire(uid))
                     if isinstance(address, str):
                         await asyncio.to_thread(store.remove, address)
+                    if auditing and uid in studies and \
+                            await asyncio.to_thread(self.reader.instance, uid) is None:
+                        deleted.add(*studies[uid], "")
                 removed = len(uids)
                 if removed:
                     log.info("store-and-forward: removed %d delivered instance(s)", removed)
+                if deleted:
+                    self._audit_deleted(deleted)
             def forget(tx, now=time.time()):
                 tx.forget_quiet_studies(now - ACTIVITY_KEPT)
                 tx.forget_old_warnings(now - WARNINGS_KEPT)

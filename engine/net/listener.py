@@ -19,6 +19,7 @@ import itertools
 import logging
 import socket
 import ssl
+import struct
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ from engine.net.peers import PeerTable
 from engine.net.requestor import AssociationFailed
 from engine.net.services import ServiceProvider
 from engine.net.tls import PeerIdentity, peer_identity
+from engine.ops.audit import TLSIdentity
+from engine.ops.observer import Observers
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,8 @@ class AssociationProtocol(asyncio.Protocol):
         self.connected_at = time.monotonic()
         self.last_activity = self.connected_at
         self.message_started_at: float | None = None
+        #: Since when our writes have been paused (the peer's receive window is full).
+        self.write_blocked_since: float | None = None
         self._calling_ae = ""
         self._origin = Origin("")
         self._peer_max_pdu = 0
@@ -87,6 +92,8 @@ class AssociationProtocol(asyncio.Protocol):
         self._skipping_response_dataset = False
         #: Message IDs of our requests on this association (C-GET sub-operations).
         self.next_message_id = MessageIds()
+        #: Audit tallies and metrics of this association (engine.ops.observer).
+        self.observer = listener.observers.association(self.id, "")
 
     # -- asyncio callbacks ------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -103,6 +110,10 @@ class AssociationProtocol(asyncio.Protocol):
         self.peer_ip = peer[0] if peer else ""
         ssl_object = transport.get_extra_info("ssl_object")
         self.identity = peer_identity(self.peer_ip, ssl_object)
+        identity = self.identity
+        self.observer = self.listener.observers.association(
+            self.id, self.peer_ip, TLSIdentity(identity.tls, identity.certificate_cns,
+                                               identity.certificate_sha256))
         self.listener.register(self)
         if ssl_object is not None:
             log.debug("%s TLS connection from %s (%s, %s), client certificate CN %s", self.id,
@@ -122,10 +133,16 @@ class AssociationProtocol(asyncio.Protocol):
         if self._completion is None:
             self._events.extend(events)
             self._drain()
-            return
-        self._intercept(events)
-        if len(self._events) > _MAX_QUEUED_EVENTS and self.transport is not None:
-            self.transport.pause_reading()  # a peer racing ahead of its own responses
+        else:
+            self._intercept(events)
+            if len(self._events) > _MAX_QUEUED_EVENTS and self.transport is not None:
+                self.transport.pause_reading()  # a peer racing ahead of its own responses
+        if self.message_started_at is None and self.machine.state is State.ESTABLISHED and \
+                (not events or self.machine.in_message):
+            # Bytes that completed no PDU, or a command still in fragments, start the DIMSE
+            # clock: every byte resets the idle timer, so a peer trickling a PDU or a message
+            # would otherwise hold the association for ever.
+            self.message_started_at = self.last_activity
 
     def _intercept(self, events) -> None:
         """While an operation that keeps reading (C-FIND) runs, a C-CANCEL for it or an
@@ -143,6 +160,7 @@ class AssociationProtocol(asyncio.Protocol):
                     operation.cancel()
             elif isinstance(event, PeerAborted):
                 log.info("%s aborted by peer", self.id)
+                self.observer.ending("aborted by peer")
                 if self._operation is not None:
                     self._operation.abort()
                 self._close()
@@ -164,6 +182,7 @@ class AssociationProtocol(asyncio.Protocol):
             elif self._operation.reads_while_running:
                 self._operation.abort()  # stop a running query; a store still completes
         self.listener.unregister(self)
+        self.observer.closed()
         log.debug("%s closed", self.id)
 
     # -- message handling -------------------------------------------------------
@@ -176,6 +195,7 @@ class AssociationProtocol(asyncio.Protocol):
         if why is not None:
             log.warning("%s refused calling AE %r from %s%s: %s", self.id, calling_ae_title,
                         self.peer_ip, " (TLS)" if self.identity.tls else "", why)
+            self.observer.refused_peer(calling_ae_title, why)
         return why is None
 
     def _drain(self) -> None:
@@ -202,6 +222,8 @@ class AssociationProtocol(asyncio.Protocol):
                 self._origin = Origin(event.negotiation.calling_ae_title,
                                       event.negotiation.called_ae_title, self.peer_ip)
                 self._peer_max_pdu = event.negotiation.peer_max_pdu_length
+                self.observer.established(event.negotiation.calling_ae_title,
+                                          event.negotiation.called_ae_title)
                 log.info("%s established: calling %s called %s, %d contexts", self.id,
                          event.negotiation.calling_ae_title, event.negotiation.called_ae_title,
                          len(event.negotiation.contexts))
@@ -209,11 +231,16 @@ class AssociationProtocol(asyncio.Protocol):
                 log.info("%s rejected (%d/%d/%d): calling %s called %s", self.id,
                          *event.negotiation.reject_reason, event.negotiation.calling_ae_title,
                          event.negotiation.called_ae_title)
+                self.observer.rejected(event.negotiation.reject_reason,
+                                       event.negotiation.calling_ae_title,
+                                       event.negotiation.called_ae_title)
             elif isinstance(event, ReleaseRequested):
+                self.observer.ending("released")
                 self._send(A_RELEASE_RP_PDU)
                 self._close()
             elif isinstance(event, PeerAborted):
                 log.info("%s aborted by peer", self.id)
+                self.observer.ending("aborted by peer")
                 self._close()
         if self._completion is None and self.transport is not None and not self._closed:
             self.transport.resume_reading()
@@ -224,18 +251,22 @@ class AssociationProtocol(asyncio.Protocol):
         if command.is_response:
             self._on_response(command)
             return
-        self.message_started_at = time.monotonic() if command.has_dataset else None
+        # A message whose first bytes trickled in keeps the clock started by them.
+        self.message_started_at = (self.message_started_at or time.monotonic()) \
+            if command.has_dataset else None
         services = self.listener.services
+        observer = self.observer
         if field == C_STORE_RQ and command.has_dataset:
             self._operation = services.begin_store(event.context, command, self._origin,
-                                                   self.id)
+                                                   self.id, observer)
         elif field == C_FIND_RQ and command.has_dataset:
-            self._operation = services.begin_find(event.context, command, self.id)
+            self._operation = services.begin_find(event.context, command, self.id, observer)
         elif field == C_MOVE_RQ and command.has_dataset:
             self._operation = services.begin_move(event.context, command, self._calling_ae,
-                                                  self.id)
+                                                  self.id, observer)
         elif field == C_GET_RQ and command.has_dataset:
-            self._operation = services.begin_get(event.context, command, self, self.id)
+            self._operation = services.begin_get(event.context, command, self, self.id,
+                                                 observer)
         elif field == N_ACTION_RQ:
             self._operation = services.begin_commitment(event.context, command, self,
                                                         self._calling_ae, self.id)
@@ -245,6 +276,7 @@ class AssociationProtocol(asyncio.Protocol):
             pass  # nothing of that message is running any more (PS3.7 9.3.2.3)
         elif field == C_ECHO_RQ:
             self._send_command(event.context.context_id, self.listener.services.echo(command))
+            observer.echo()
         else:
             self.abort(ABORT_REASON_NOT_SPECIFIED,
                        f"unsupported DIMSE command 0x{field or 0:04X}")
@@ -350,12 +382,15 @@ class AssociationProtocol(asyncio.Protocol):
     def _fail_response(self, exc: Exception) -> None:
         if self._response is not None and not self._response.done():
             self._response.set_exception(exc)
+            self._response.exception()  # may have no waiter (the send failed first): not noise
 
     def pause_writing(self) -> None:
         self._writable.clear()
+        self.write_blocked_since = time.monotonic()
 
     def resume_writing(self) -> None:
         self._writable.set()
+        self.write_blocked_since = None
 
     def _close(self) -> None:
         if self.transport is not None and not self._closed:
@@ -364,6 +399,7 @@ class AssociationProtocol(asyncio.Protocol):
     def abort(self, reason: int, why: str) -> None:
         """Send A-ABORT (service provider) and drop the connection."""
         log.warning("%s aborting: %s", self.id, why)
+        self.observer.ending(f"aborted: {why}")
         if self._operation is not None and self._completion is None:
             self._operation.abort()
             self._operation = None
@@ -377,7 +413,16 @@ class AssociationProtocol(asyncio.Protocol):
     def check_deadlines(self, now: float) -> None:
         limits = self.listener.limits
         state = self.machine.state
-        if state is State.AWAITING_ASSOCIATE_RQ and now - self.connected_at > limits.artim_timeout:
+        if self.write_blocked_since is not None and \
+                now - self.write_blocked_since > limits.dimse_timeout:
+            # The peer stopped reading: a running operation waits for buffer space that never
+            # comes (and a close would wait to flush it), so drop the connection outright.
+            log.warning("%s aborting: peer read nothing for %.0f s", self.id,
+                        now - self.write_blocked_since)
+            self.observer.ending("aborted: peer read nothing within the DIMSE timeout")
+            self._hard_close(reset=True)
+        elif state is State.AWAITING_ASSOCIATE_RQ and \
+                now - self.connected_at > limits.artim_timeout:
             log.info("%s ARTIM expired waiting for A-ASSOCIATE-RQ", self.id)
             self._hard_close()
         elif state is State.AWAITING_CLOSE and now - self.last_activity > limits.artim_timeout:
@@ -389,8 +434,14 @@ class AssociationProtocol(asyncio.Protocol):
             elif now - self.last_activity > limits.idle_timeout:
                 self.abort(ABORT_REASON_NOT_SPECIFIED, "idle timeout")
 
-    def _hard_close(self) -> None:
+    def _hard_close(self, reset: bool = False) -> None:
         if self.transport is not None:
+            if reset:  # RST, not FIN: the kernel drops the unsent data instead of keeping
+                sock = self.transport.get_extra_info("socket")  # it for a peer that never reads
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except (AttributeError, OSError):
+                    pass
             self.transport.abort()
         self._closed = True
 
@@ -399,7 +450,10 @@ class DicomListener:
     """Accepts TCP connections and tracks every association for limits and shutdown."""
 
     def __init__(self, policy: AcceptorPolicy, limits: ListenerLimits,
-                 services: ServiceProvider, peers: PeerTable | None = None) -> None:
+                 services: ServiceProvider, peers: PeerTable | None = None,
+                 observers: Observers | None = None) -> None:
+        #: Audit trail and metrics (engine.ops); a silent default when not given.
+        self.observers = observers if observers is not None else Observers()
         self.negotiator = AssociationNegotiator(policy)
         self.limits = limits
         self.services = services
@@ -466,12 +520,26 @@ class DicomListener:
             if assoc._completion is not None:
                 await asyncio.wait({assoc._completion}, timeout=max(0.0, deadline - time.monotonic()))
             if assoc.transport is not None and not assoc._closed:
+                assoc.observer.ending("aborted: server stopping")
                 assoc.transport.write(A_ABORT_BY_USER_PDU)
                 assoc.transport.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         for server in self._servers:
             await server.wait_closed()
+        await asyncio.sleep(0)  # connection_lost of the connections just closed
+        for assoc in list(self.associations):
+            assoc.observer.closed()  # their audit records before the trail is closed
+
+    @property
+    def active(self) -> int:
+        """Associations established now (the metrics' gauge)."""
+        return sum(1 for a in self.associations if a.machine.state is State.ESTABLISHED)
+
+    @property
+    def accepting(self) -> bool:
+        """Whether every listening socket still accepts connections (the health check)."""
+        return bool(self._servers) and all(s.is_serving() for s in self._servers)
 
 
 __all__ = ["DicomListener", "ListenerLimits", "AssociationProtocol"]

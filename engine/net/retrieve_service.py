@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
@@ -40,6 +41,8 @@ from engine.net.outbound import DatasetUnavailable, StoredDataset
 from engine.net.requestor import (
     MAX_PRESENTATION_CONTEXTS, AssociationFailed, ProposedContext, RequestorAssociation,
     tls_context)
+from engine.ops.audit import Tallies
+from engine.ops.logs import redact_values
 from engine.query.find import decode_identifier, encode_identifier
 from engine.query.retrieve import RetrieveRequest, RetrieveResolver, StoredInstance
 
@@ -169,9 +172,17 @@ class RetrieveOperation:
 
     reads_while_running = True  # the peer may send C-CANCEL while sub-operations run
     response_field = C_MOVE_RSP
+    service = "C-MOVE"
 
     def __init__(self, context: AcceptedContext, command: Command, resolver: RetrieveResolver,
-                 config: RetrieveConfig, codec: CodecWorkers, assoc_id: str) -> None:
+                 config: RetrieveConfig, codec: CodecWorkers, assoc_id: str,
+                 observer=None) -> None:
+        #: The association's AssociationObserver (engine.ops): audit record and metrics.
+        self.observer = observer
+        #: SOP Instance UID → (SOP Class UID, sent: success or warning), for the audit record.
+        self.outcomes: dict[str, tuple[str, bool]] = {}
+        #: SOP Instance UID → (Study Instance UID, Patient ID), read when auditing.
+        self._studies: dict[str, tuple[str, str]] = {}
         self.context_id = context.context_id
         self.context = context
         self.command = command
@@ -217,15 +228,38 @@ class RetrieveOperation:
         try:
             ds = decode_identifier(bytes(self._identifier.data), self.context.transfer_syntax)
             request = RetrieveRequest.from_identifier(self.context.abstract_syntax, ds)
-            return await asyncio.to_thread(self.resolver.resolve, request)
+            instances = await asyncio.to_thread(self.resolver.resolve, request)
         except Exception as exc:  # InvalidQuery, or a bug: answer the peer either way
             status, comment = st.status_for_query_error(exc)
-            if isinstance(exc, EngineError):
-                log.info("%s retrieve refused with 0x%04X: %s", self.assoc_id, status, exc)
+            if isinstance(exc, EngineError):  # its text may quote a value: not in this log
+                log.info("%s retrieve refused with 0x%04X: %s", self.assoc_id, status,
+                         redact_values(exc))
             else:
                 log.exception("%s retrieve identifier could not be processed", self.assoc_id)
             await send(self.context_id, self._response(status, comment, counts=False), None)
+            self._observe(status, f"refused: {comment}")
             return None
+        if self.observer is not None and self.observer.o.auditing and instances:
+            self._studies = await asyncio.to_thread(
+                self.resolver.studies_of, [i.sop_instance_uid for i in instances])
+        return instances
+
+    # -- audit and metrics ---------------------------------------------------------------
+    def _destination(self) -> tuple[str, str]:
+        return "", ""
+
+    def _observe(self, status: int, detail: str) -> None:
+        observer = self.observer
+        if observer is None:
+            return
+        tallies = None
+        if self.outcomes:
+            tallies = Tallies()
+            studies = self._studies
+            for uid, (sop_class, sent) in self.outcomes.items():
+                study, patient = studies.get(uid, ("", ""))
+                tallies.add(study, patient, sop_class, sent)
+        observer.retrieved(self.service, status, tallies, *self._destination(), detail)
 
     async def _send_all(self, channel: StoreChannel, instances: list[StoredInstance],
                         send: SendMessage, originator: tuple[str, int] | None) -> None:
@@ -235,6 +269,7 @@ class RetrieveOperation:
         for index, instance in enumerate(instances):
             if self.cancelled:
                 return
+            started = time.monotonic()
             try:
                 status = await self._send_one(channel, instance, priority, originator)
             except AssociationFailed as exc:
@@ -242,8 +277,13 @@ class RetrieveOperation:
                 for rest in instances[index:]:
                     counts.failed += 1
                     counts.failed_uids.append(rest.sop_instance_uid)
+                    self.outcomes[rest.sop_instance_uid] = (rest.sop_class_uid, False)
                 counts.remaining = 0
                 return
+            if self.observer is not None:
+                self.observer.suboperation(self.service, time.monotonic() - started)
+            self.outcomes[instance.sop_instance_uid] = (
+                instance.sop_class_uid, status == st.SUCCESS or _is_warning(status))
             counts.remaining -= 1
             if status == st.SUCCESS:
                 counts.completed += 1
@@ -293,6 +333,9 @@ class RetrieveOperation:
         log.info("%s %s: %d completed, %d warning, %d failed%s", self.assoc_id,
                  type(self).__name__, counts.completed, counts.warning, counts.failed,
                  " (cancelled)" if self.cancelled else "")
+        self._observe(status, comment or (f"{counts.completed} completed, {counts.warning} "
+                                          f"warning, {counts.failed} failed"
+                                          + (" (cancelled)" if self.cancelled else "")))
 
 
 class MoveOperation(RetrieveOperation):
@@ -309,14 +352,18 @@ class MoveOperation(RetrieveOperation):
     def __init__(self, context: AcceptedContext, command: Command, resolver: RetrieveResolver,
                  config: RetrieveConfig, codec: CodecWorkers, our_ae_title: str,
                  calling_ae_title: str, max_pdu_length: int, assoc_id: str,
-                 client_ssl: ssl.SSLContext | None = None) -> None:
-        super().__init__(context, command, resolver, config, codec, assoc_id)
+                 client_ssl: ssl.SSLContext | None = None, observer=None) -> None:
+        super().__init__(context, command, resolver, config, codec, assoc_id, observer)
         self.client_ssl = client_ssl
         self.our_ae_title = our_ae_title
         #: The Move Originator named in every C-STORE sub-operation.
         self.calling_ae_title = calling_ae_title
         self.max_pdu_length = max_pdu_length
         self.destination_ae = (command.text(CMD_MOVE_DESTINATION) or "").strip()
+
+    def _destination(self) -> tuple[str, str]:
+        address = self.config.destination(self.destination_ae)
+        return self.destination_ae, address.host if address is not None else ""
 
     async def run(self, send: SendMessage) -> None:
         address = self.config.destination(self.destination_ae)
@@ -325,6 +372,7 @@ class MoveOperation(RetrieveOperation):
             await send(self.context_id, self._response(
                 st.FAILURE_MOVE_DESTINATION_UNKNOWN,
                 f"unknown move destination {self.destination_ae[:32]}", counts=False), None)
+            self._observe(st.FAILURE_MOVE_DESTINATION_UNKNOWN, "unknown move destination")
             return
         instances = await self._resolve(send)
         if instances is None:
@@ -348,6 +396,7 @@ class MoveOperation(RetrieveOperation):
                 for instance in batch:
                     self.counts.failed += 1
                     self.counts.failed_uids.append(instance.sop_instance_uid)
+                    self.outcomes[instance.sop_instance_uid] = (instance.sop_class_uid, False)
                 self.counts.remaining -= len(batch)
                 continue
             association.timeout = self.config.response_timeout
@@ -362,17 +411,20 @@ class MoveOperation(RetrieveOperation):
             if refused is not None and (self.counts.completed or self.counts.warning):
                 refused = None  # partly done: the final status says warning
             await self._final(send, refused)
+        else:
+            self._observe(st.CANCEL, "association aborted while sending")
 
 
 class GetOperation(RetrieveOperation):
     """C-GET: sub-operations on the requestor's own association (roles reversed)."""
 
     response_field = C_GET_RSP
+    service = "C-GET"
 
     def __init__(self, context: AcceptedContext, command: Command, resolver: RetrieveResolver,
                  config: RetrieveConfig, codec: CodecWorkers, channel: StoreChannel,
-                 assoc_id: str) -> None:
-        super().__init__(context, command, resolver, config, codec, assoc_id)
+                 assoc_id: str, observer=None) -> None:
+        super().__init__(context, command, resolver, config, codec, assoc_id, observer)
         self.channel = channel
 
     async def run(self, send: SendMessage) -> None:
@@ -383,6 +435,8 @@ class GetOperation(RetrieveOperation):
         await self._send_all(self.channel, instances, send, None)
         if not self.aborted:
             await self._final(send)
+        else:
+            self._observe(st.CANCEL, "association aborted while sending")
 
 
 __all__ = ["CopyRecipe", "GetOperation", "MoveOperation", "RetrieveOperation", "StoreChannel",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 
 from engine.dicom.tags import CMD_AFFECTED_SOP_CLASS_UID, CMD_AFFECTED_SOP_INSTANCE_UID
 from engine.dicom.uids import VERIFICATION_SOP_CLASS, is_valid_uid
@@ -33,15 +34,17 @@ class StoreOperation:
 
     reads_while_running = False  # responses in order: stop reading while committing
 
-    __slots__ = ("context_id", "command", "receiver", "refusal", "assoc_id")
+    __slots__ = ("context_id", "command", "receiver", "refusal", "assoc_id", "observer")
 
     def __init__(self, context_id: int, command: Command, receiver: InstanceReceiver | None,
-                 refusal: tuple[int, str] | None, assoc_id: str) -> None:
+                 refusal: tuple[int, str] | None, assoc_id: str, observer=None) -> None:
         self.context_id = context_id
         self.command = command
         self.receiver = receiver
         self.refusal = refusal
         self.assoc_id = assoc_id
+        #: The association's AssociationObserver (engine.ops): audit tallies and metrics.
+        self.observer = observer
 
     def feed(self, fragment: memoryview) -> None:
         if self.receiver is not None:
@@ -59,12 +62,15 @@ class StoreOperation:
 
     async def complete(self) -> bytes:
         """Store durably (or not) and return the C-STORE-RSP command set."""
+        size, started = 0, None
         if self.refusal is not None:
             status, comment = self.refusal
         else:
             assert self.receiver is not None
+            started = time.monotonic()
             try:
                 result = await self.receiver.complete()
+                size = result.size
                 status, comment = st.status_for_outcome(result.outcome)
                 if status:
                     log.warning("%s C-STORE %s: %s", self.assoc_id, result.outcome.value,
@@ -75,6 +81,16 @@ class StoreOperation:
             except Exception:
                 log.exception("%s C-STORE failed unexpectedly", self.assoc_id)
                 status, comment = st.FAILURE_PROCESSING, "internal error while storing"
+        observer = self.observer
+        if observer is not None:
+            receiver = self.receiver
+            if receiver is not None:
+                observer.stored(receiver.sop_class_uid, receiver.study_instance_uid,
+                                receiver.patient_id, status, size,
+                                time.monotonic() - started)
+            else:
+                observer.stored(self.command.text(CMD_AFFECTED_SOP_CLASS_UID) or "", "", "",
+                                status, 0, None)
         return encode_response(C_STORE_RSP, self.command, status, comment)
 
 
@@ -99,19 +115,20 @@ class ServiceProvider:
         self.reporter = reporter
 
     def begin_find(self, context: AcceptedContext, command: Command,
-                   assoc_id: str) -> FindOperation:
-        return FindOperation(context, command, self.finder, self.query_config, assoc_id)
+                   assoc_id: str, observer=None) -> FindOperation:
+        return FindOperation(context, command, self.finder, self.query_config, assoc_id,
+                             observer)
 
     def begin_move(self, context: AcceptedContext, command: Command, calling_ae_title: str,
-                   assoc_id: str) -> MoveOperation:
+                   assoc_id: str, observer=None) -> MoveOperation:
         return MoveOperation(context, command, self.resolver, self.retrieve_config, self.codec,
                              self.ae_title, calling_ae_title, self.max_pdu_length, assoc_id,
-                             self.client_ssl)
+                             self.client_ssl, observer)
 
     def begin_get(self, context: AcceptedContext, command: Command, channel: StoreChannel,
-                  assoc_id: str) -> GetOperation:
+                  assoc_id: str, observer=None) -> GetOperation:
         return GetOperation(context, command, self.resolver, self.retrieve_config, self.codec,
-                            channel, assoc_id)
+                            channel, assoc_id, observer)
 
     def begin_commitment(self, context: AcceptedContext, command: Command,
                          channel: ReportChannel, calling_ae_title: str,
@@ -123,7 +140,7 @@ class ServiceProvider:
         return encode_response(C_ECHO_RSP, command, st.SUCCESS)
 
     def begin_store(self, context: AcceptedContext, command: Command, origin: Origin,
-                    assoc_id: str) -> StoreOperation:
+                    assoc_id: str, observer=None) -> StoreOperation:
         sop_class = command.text(CMD_AFFECTED_SOP_CLASS_UID) or ""
         sop_instance = command.text(CMD_AFFECTED_SOP_INSTANCE_UID) or ""
         refusal = None
@@ -141,5 +158,6 @@ class ServiceProvider:
                 refusal = st.status_for_error(exc)
         if refusal is not None:
             log.warning("%s C-STORE refused with 0x%04X: %s", assoc_id, *refusal)
-        return StoreOperation(context.context_id, command, receiver, refusal, assoc_id)
+        return StoreOperation(context.context_id, command, receiver, refusal, assoc_id,
+                              observer)
 

@@ -5,6 +5,8 @@ PS3.4 B.2.3 (Storage) and PS3.7 C (general statuses).  Codes in the 0xC000
 """
 from __future__ import annotations
 
+import re
+
 from engine.errors import (
     DatasetMismatch, DuplicateRejected, InvalidUID, OutOfResources, TagScanError)
 from engine.index.entry import IndexOutcome
@@ -69,20 +71,30 @@ _OUTCOME_STATUS = {
 }
 
 
+#: A quoted value in an exception's text ('...' or "...", as repr() writes it).
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+
+
+def error_comment(exc: BaseException) -> str:
+    """An exception's text as an Error Comment: quoted values (what the peer sent: a
+    patient's name, a date...) replaced by '...', then cut to 64 characters."""
+    return _QUOTED.sub("'...'", str(exc))[:64]
+
+
 def status_for_error(exc: BaseException) -> tuple[int, str]:
     """Status and Error Comment (≤ 64 chars, no patient data) for a failed store."""
     for cls, status in _ERROR_STATUS:
         if isinstance(exc, cls):
-            return status, str(exc)[:64]
+            return status, error_comment(exc)
     return FAILURE_PROCESSING, "internal error while storing"
 
 
 def status_for_query_error(exc: BaseException) -> tuple[int, str]:
     """Final C-FIND status and Error Comment for a query that cannot be answered."""
-    if isinstance(exc, LevelNotInModel):
-        return FAILURE_DATASET_DOES_NOT_MATCH_SOP_CLASS, str(exc)[:64]  # Identifier ≠ SOP class
+    if isinstance(exc, LevelNotInModel):  # Identifier ≠ SOP class
+        return FAILURE_DATASET_DOES_NOT_MATCH_SOP_CLASS, error_comment(exc)
     if isinstance(exc, InvalidQuery):
-        return FAILURE_UNABLE_TO_PROCESS, str(exc)[:64]
+        return FAILURE_UNABLE_TO_PROCESS, error_comment(exc)
     return FAILURE_UNABLE_TO_PROCESS, "query failed"
 
 

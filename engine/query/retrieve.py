@@ -119,6 +119,24 @@ class RetrieveResolver:
         found = (self.stored(uid) for uid in dict.fromkeys(self._sop_uids(request)))
         return [instance for instance in found if instance is not None]
 
+    def studies_of(self, sop_instance_uids: list[str]) -> dict[str, tuple[str, str]]:
+        """SOP Instance UID → (Study Instance UID, Patient ID), in one read transaction
+        (the audit trail names what a retrieve sent by study and patient)."""
+        found: dict[str, tuple[str, str]] = {}
+        patients: dict[str, str] = {}
+        with self.reader.snapshot() as snap:
+            for uid in sop_instance_uids:
+                record = snap.instance(uid)
+                if record is None:
+                    continue
+                study = record.study_instance_uid
+                if study not in patients:
+                    study_record = snap.study(study)
+                    patients[study] = study_record.patient_key.split("\x00", 1)[0] \
+                        if study_record is not None else ""
+                found[uid] = (study, patients[study])
+        return found
+
     def refresh(self, instance: StoredInstance) -> StoredInstance | None:
         """The instance as the index has it now (its file may have been re-stored)."""
         return self.stored(instance.sop_instance_uid)

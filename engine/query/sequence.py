@@ -21,11 +21,16 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from engine.dicom.identifier import typed_value
+from engine.errors import TagScanError
 from engine.query.matching import Matcher, MatchError, compile_matcher
 
 __all__ = ["SequenceKey", "compile_sequence_key", "element_text"]
 
 _SPECIFIC_CHARACTER_SET = 0x00080005
+#: Deepest sequence nesting matched or returned (as deep as ingest parses: the tag scanner's
+#: limit). A stored file may hold deeper defined-length sequences, which ingest skips
+#: unparsed; recursing into 1,000 levels would end in a RecursionError.
+MAX_DEPTH = 64
 #: VRs whose response values are rebuilt from text (as the flat keys are); other VRs
 #: (binary numbers, bytes, AT...) keep the decoded value pydicom read.
 _STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST",
@@ -35,7 +40,9 @@ _STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "
 def element_text(element) -> str:
     """An element's value as text, multiple values joined by backslash (as on the wire)."""
     value = element.value
-    if value is None:
+    if value is None or isinstance(value, pydicom.sequence.Sequence):
+        # A sequence has no text value; its str() would pretty-print every nested item,
+        # which for a hostile file nested 1,000 deep grew the server by gigabytes.
         return ""
     if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
         return "\\".join(str(v) for v in value)
@@ -44,24 +51,28 @@ def element_text(element) -> str:
     return str(value)
 
 
-def _response_element(tag: int, vr: str, stored: DataElement | None) -> DataElement:
+def _response_element(tag: int, vr: str, stored: DataElement | None,
+                      depth: int = 1) -> DataElement:
     """The response element for a requested item key, from the stored one (or empty)."""
     if stored is None:
         return DataElement(tag, vr, None)
     if stored.VR == "SQ":
-        return DataElement(tag, "SQ", [_whole_item(item) for item in stored.value or ()])
+        return DataElement(tag, "SQ", [_whole_item(item, depth + 1)
+                                       for item in stored.value or ()])
     if stored.VR in _STRING_VRS:
         return DataElement(tag, stored.VR, typed_value(stored.VR, element_text(stored)))
     return DataElement(tag, stored.VR, stored.value)
 
 
-def _whole_item(item: Dataset) -> Dataset:
+def _whole_item(item: Dataset, depth: int = 1) -> Dataset:
     """A stored item with all its attributes, re-encodable in any character set."""
+    if depth > MAX_DEPTH:
+        raise TagScanError(f"stored sequence nested deeper than {MAX_DEPTH} levels")
     out = Dataset()
     for element in item:
         if element.tag == _SPECIFIC_CHARACTER_SET or element.tag.element == 0:
             continue  # the response's own character set applies; group lengths are retired
-        out.add(_response_element(int(element.tag), element.VR, element))
+        out.add(_response_element(int(element.tag), element.VR, element, depth))
     return out
 
 
@@ -123,8 +134,11 @@ class SequenceKey:
         return response
 
 
-def compile_sequence_key(element: DataElement, fuzzy_person_names: bool) -> SequenceKey:
+def compile_sequence_key(element: DataElement, fuzzy_person_names: bool,
+                         depth: int = 1) -> SequenceKey:
     """Compile a request's SQ element; MatchError if it is not a valid sequence key."""
+    if depth > MAX_DEPTH:
+        raise MatchError(f"sequence keys nested deeper than {MAX_DEPTH} levels")
     items = list(element.value or ())
     if len(items) > 1:
         raise MatchError(f"a sequence key holds one item, not {len(items)}")
@@ -134,7 +148,8 @@ def compile_sequence_key(element: DataElement, fuzzy_person_names: bool) -> Sequ
             continue
         if sub.VR == "SQ":
             keys.append(ItemKey(int(sub.tag), "SQ",
-                                nested=compile_sequence_key(sub, fuzzy_person_names)))
+                                nested=compile_sequence_key(sub, fuzzy_person_names,
+                                                            depth + 1)))
         else:
             keys.append(ItemKey(int(sub.tag), sub.VR,
                                 compile_matcher(sub.VR, element_text(sub),

@@ -34,6 +34,8 @@ from engine.codec.workers import CodecWorkers
 from engine.config import WebConfig
 from engine.index.reader import IndexReader
 from engine.ingest.pipeline import IngestPipeline, Origin
+from engine.ops import audit as a
+from engine.ops.observer import is_stored
 from engine.query.find import FindExecutor
 from engine.query.retrieve import RetrieveResolver
 from engine.store.blob_store import FilesystemBlobStore
@@ -43,6 +45,7 @@ from engine.web.frames import FrameError
 from engine.web.metadata_cache import MetadataCache
 from engine.web.multipart import (
     closing, multipart_content_type, new_boundary, parse_accept, part_header, part_separator)
+from engine.web.ops_routes import RequestMetrics, WebOps, ops_routes
 from engine.web.qido import Searcher
 from engine.web.stow import WEB_AE_TITLE, Stow, response_json, response_status
 from engine.web.wado import Wado, parse_frame_list
@@ -98,11 +101,37 @@ def _warning_headers(host: str, warnings) -> dict:
 class Api:
     """The endpoints; each one a thin translation between HTTP and the services."""
 
-    def __init__(self, services: WebServices, config: WebConfig) -> None:
+    def __init__(self, services: WebServices, config: WebConfig,
+                 ops: WebOps | None = None) -> None:
         self.services = services
         self.config = config
         self.base = config.base_path
         self.stow = Stow(services.pipeline, config.max_upload_bytes)
+        self.ops = ops if ops is not None else WebOps()
+
+    # -- the audit trail ---------------------------------------------------------------------
+    def _patient_of(self, study: str) -> str:
+        """The Patient ID of a stored study ("" when unknown; blocking)."""
+        record = self.services.reader.study(study)
+        return record.patient_key.split("\x00", 1)[0] if record is not None else ""
+
+    def _audit_query(self, request: Request, level: str, params, uids: dict, count: int,
+                     outcome: int = a.SUCCESS, detail: str = "") -> None:
+        keys = {"QueryRetrieveLevel": level, **uids}
+        for name, value in params:
+            keys[name] = f"{keys[name]}\\{value}" if name in keys else value
+        self.ops.emit("query", a.QUERY, "E", outcome,
+                      [self.ops.requestor(request), self.ops.us(request)],
+                      [a.query_object(a.STUDY_ROOT_FIND, keys, {"Service": "QIDO-RS"})],
+                      description=detail or f"{count} match(es)", Matches=count)
+
+    def _audit_study(self, request: Request, event: str, event_id: dict, study: str,
+                     patient: str, count: int, outcome: int, detail: str) -> None:
+        self.ops.emit(event, event_id, "R", outcome,
+                      [self.ops.us(request, a.ROLE_SOURCE),
+                       self.ops.requestor(request, a.ROLE_DESTINATION)],
+                      [a.study_object(study), a.patient_object(patient)],
+                      description=detail, Service="WADO-RS", Instances=count)
 
     # -- QIDO-RS ---------------------------------------------------------------------------
     async def search(self, request: Request, level: str) -> Response:
@@ -114,9 +143,17 @@ class Api:
             uids["SeriesInstanceUID"] = checked_uid(path["series"], "Series Instance UID")
         params = list(request.query_params.multi_items())
         searcher = self.services.searcher
-        query, offset, limit, explicit, warnings = searcher.prepare(level, params, uids)
-        result = await asyncio.to_thread(searcher.run, query, offset, limit, explicit,
-                                         warnings, _base_url(request, self.base))
+        try:
+            query, offset, limit, explicit, warnings = searcher.prepare(level, params, uids)
+            result = await asyncio.to_thread(searcher.run, query, offset, limit, explicit,
+                                             warnings, _base_url(request, self.base))
+        except WebError as exc:
+            if self.ops.auditing:
+                self._audit_query(request, level, params, uids, 0, a.MINOR_FAILURE,
+                                  f"refused ({exc.status}): {exc.message}")
+            raise
+        if self.ops.auditing:
+            self._audit_query(request, level, params, uids, result.count)
         headers = _warning_headers(request.url.hostname or "pacs-engine", result.warnings)
         return Response(result.body, 200, headers=headers, media_type=DICOM_JSON)
 
@@ -149,8 +186,25 @@ class Api:
         targets = {p.target for p in planned}
         content_type = multipart_content_type(
             boundary, "application/dicom", targets.pop() if len(targets) == 1 else None)
-        return StreamingResponse(wado.instances_body(planned, boundary),
-                                 headers={"Content-Type": content_type})
+        body = wado.instances_body(planned, boundary)
+        if self.ops.auditing:
+            patient = await asyncio.to_thread(self._patient_of, study)
+            body = self._audited_body(request, body, study, patient, len(planned))
+        return StreamingResponse(body, headers={"Content-Type": content_type})
+
+    async def _audited_body(self, request: Request, body, study: str, patient: str,
+                            count: int):
+        """The multipart body, with one audit record when it ends (complete or not)."""
+        complete = False
+        try:
+            async for chunk in body:
+                yield chunk
+            complete = True
+        finally:
+            self._audit_study(request, "retrieve", a.INSTANCES_TRANSFERRED, study, patient,
+                              count, a.SUCCESS if complete else a.MINOR_FAILURE,
+                              f"{count} instance(s)" + ("" if complete else
+                                                        ", response not completed"))
 
     # -- WADO-RS: metadata -----------------------------------------------------------------
     async def metadata(self, request: Request) -> Response:
@@ -178,6 +232,11 @@ class Api:
         body = await asyncio.to_thread(build)
         if body is None:
             raise not_found("nothing stored under this URL")
+        if self.ops.auditing:
+            patient = await asyncio.to_thread(self._patient_of, study)
+            self._audit_study(request, "access", a.INSTANCES_ACCESSED, study, patient, 0,
+                              a.SUCCESS, "metadata" + (f" of series {series}" if series
+                                                       else ""))
         return Response(body, 200, media_type=DICOM_JSON)
 
     # -- WADO-RS: frames, bulk data, rendered ------------------------------------------------
@@ -251,8 +310,38 @@ class Api:
             if r.failure is not None:
                 log.warning("STOW-RS: %s refused (0x%04X): %s", r.sop_instance_uid or "part",
                             r.failure, r.reason)
+        self._observe_stow(request, results)
         status = response_status(results)
         return _json(response_json(results, _base_url(request, self.base), study), status)
+
+    def _observe_stow(self, request: Request, results) -> None:
+        """Metrics per instance; one audit record per study of the request."""
+        ops = self.ops
+        tallies = a.Tallies()
+        for r in results:
+            status = r.failure if r.failure is not None else (r.warning or 0)
+            if ops.metrics is not None:
+                ops.metrics.dimse("STOW-RS", status)
+                if r.failure is None:
+                    ops.metrics.received("stow", r.size)
+            tallies.add(r.study_instance_uid, r.patient_id, r.sop_class_uid,
+                        is_stored(status) and r.failure is None)
+        if not ops.auditing or not tallies:
+            return
+        participants = [ops.requestor(request, a.ROLE_SOURCE), ops.us(request, a.ROLE_DESTINATION)]
+
+        def make(objects, done, failed):
+            return a.record("store", a.INSTANCES_TRANSFERRED, "C", a.outcome_of(done, failed),
+                            participants, objects, source_id=ops.ae_title, Service="STOW-RS",
+                            description=f"{done} instance(s)"
+                                        + (f", {failed} failed" if failed else ""))
+
+        for record in a.study_records(tallies, make):
+            ops.audit.emit(record)
+        if tallies.failed_unknown:
+            ops.emit("store", a.INSTANCES_TRANSFERRED, "C", a.SERIOUS_FAILURE, participants,
+                     Service="STOW-RS", description=f"{tallies.failed_unknown} part(s) refused "
+                                                    "before their study was known")
 
     # -- routes ----------------------------------------------------------------------------
     def routes(self) -> list[Route]:
@@ -345,11 +434,15 @@ def viewer_routes_if_present() -> list:
     return list(viewer_routes())
 
 
-def build_app(services: WebServices, config: WebConfig) -> Starlette:
+def build_app(services: WebServices, config: WebConfig, ops: WebOps | None = None
+              ) -> Starlette:
     from starlette.exceptions import HTTPException
 
-    api = Api(services, config)
+    ops = ops if ops is not None else WebOps()
+    api = Api(services, config, ops)
     middleware = []
+    if ops.metrics is not None:
+        middleware.append(Middleware(RequestMetrics, metrics=ops.metrics))
     if config.cors_origins:
         wildcard = "*" in config.cors_origins
         middleware.append(Middleware(
@@ -359,11 +452,28 @@ def build_app(services: WebServices, config: WebConfig) -> Starlette:
             expose_headers=["Content-Type", "Content-Length", "Warning", "WWW-Authenticate"],
             allow_credentials=not wildcard, max_age=600))
     middleware.append(Middleware(AuthMiddleware, authenticator=Authenticator(config),
-                                 prefix=config.base_path))
+                                 prefix=config.base_path,
+                                 on_refused=_audit_refusal(ops) if ops.auditing else None))
     return Starlette(
-        routes=[*api.routes(), *viewer_routes_if_present()], middleware=middleware,
+        routes=[*api.routes(), *ops_routes(ops), *viewer_routes_if_present()],
+        middleware=middleware,
         exception_handlers={WebError: _web_error, HTTPException: _http_error,
                             FrameError: _frame_error, Exception: _internal_error})
+
+
+def _audit_refusal(ops: WebOps):
+    """AuthMiddleware's hook: a 401 is a failed login (110114, outcome 4)."""
+    def refused(scope, claimed: str, had_credentials: bool) -> None:
+        client = scope.get("client")
+        ops.emit("security", a.USER_AUTHENTICATION, "E", a.MINOR_FAILURE,
+                 [a.participant(claimed or "unknown", True, None, client[0] if client else ""),
+                  a.participant(ops.ae_title, False, None, "")],
+                 type_code=a.LOGIN,
+                 description=f"DICOMweb 401 on {scope.get('method', '')} "
+                             f"{scope.get('path', '')[:200]}: "
+                             + ("invalid credentials" if had_credentials
+                                else "no credentials"))
+    return refused
 
 
 class _EmbeddedServer(uvicorn.Server):

@@ -6,8 +6,10 @@ made by ``python -m engine.web.auth``).  PBKDF2 is slow on purpose, so a
 verified Authorization header is remembered (by its SHA-256) for a while
 instead of being re-derived on every request of a viewer loading a study.
 
-As ASGI middleware it guards the paths under the DICOMweb base path only;
-CORS pre-flight requests (OPTIONS, no credentials by definition) pass.
+As ASGI middleware it guards the paths under the DICOMweb base path, and /metrics
+and /health for clients not on loopback; CORS pre-flight requests (OPTIONS, no
+credentials by definition) pass.  It names the web user in the request scope
+(`WEB_USER`, for the audit trail) and reports each refusal (401) to `on_refused`.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ import os
 import sys
 import time
 
-from engine.config import WebConfig
+from engine.config import WebConfig, is_loopback_host
+from engine.web.ops_routes import OPS_PATHS, WEB_USER
 
 _ITERATIONS = 240_000
 _REMEMBER_SECONDS = 300.0
@@ -68,6 +71,23 @@ class Authenticator:
         key = hashlib.sha256(credentials.encode("utf-8")).hexdigest()
         return self._remembered.get(key, 0.0) > time.monotonic()
 
+    def user(self, authorization: str | None) -> str:
+        """Who an (accepted) Authorization header names, for the audit trail; for a
+        refused one, the user it claims ("" when none): never the secret itself."""
+        if self.mode == "none" or not authorization:
+            return "anonymous"
+        scheme, _, credentials = authorization.strip().partition(" ")
+        credentials = credentials.strip()
+        if scheme.lower() == "bearer":
+            return "token:" + hashlib.sha256(credentials.encode("utf-8")).hexdigest()[:12]
+        if scheme.lower() == "basic":
+            try:
+                return base64.b64decode(credentials, validate=True).decode(
+                    "utf-8").partition(":")[0][:64]
+            except (ValueError, UnicodeDecodeError):
+                return ""
+        return ""
+
     def allows(self, authorization: str | None) -> bool:
         if self.mode == "none":
             return True
@@ -103,17 +123,28 @@ class Authenticator:
 class AuthMiddleware:
     """ASGI middleware: 401 with a challenge for unauthenticated requests under `prefix`."""
 
-    def __init__(self, app, authenticator: Authenticator, prefix: str) -> None:
+    def __init__(self, app, authenticator: Authenticator, prefix: str,
+                 on_refused=None) -> None:
         self.app = app
         self.authenticator = authenticator
         self.prefix = prefix
+        #: on_refused(scope, claimed user, had credentials): the audit trail's hook.
+        self.on_refused = on_refused
 
-    def _guarded(self, path: str) -> bool:
+    def _guarded(self, scope) -> bool:
+        path = scope["path"]
+        if path in OPS_PATHS:  # /metrics, /health: free on loopback, guarded elsewhere
+            client = scope.get("client")
+            return not (client and is_loopback_host(client[0]))
         return not self.prefix or path == self.prefix or path.startswith(self.prefix + "/")
 
     async def __call__(self, scope, receive, send) -> None:
-        if (scope["type"] != "http" or self.authenticator.mode == "none"
-                or scope["method"] == "OPTIONS" or not self._guarded(scope["path"])):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if (self.authenticator.mode == "none" or scope["method"] == "OPTIONS"
+                or not self._guarded(scope)):
+            scope[WEB_USER] = "anonymous"
             await self.app(scope, receive, send)
             return
         authorization = None
@@ -128,8 +159,11 @@ class AuthMiddleware:
         else:
             allowed = authenticator.allows(authorization)
         if allowed:
+            scope[WEB_USER] = authenticator.user(authorization)
             await self.app(scope, receive, send)
             return
+        if self.on_refused is not None:
+            self.on_refused(scope, authenticator.user(authorization), bool(authorization))
         body = json.dumps({"error": "authentication required" if not authorization
                            else "invalid credentials"}).encode()
         await send({"type": "http.response.start", "status": 401, "headers": [

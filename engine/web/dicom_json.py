@@ -19,6 +19,8 @@ from pydicom.dataset import Dataset
 from pydicom.datadict import dictionary_VR
 from pydicom.tag import Tag
 
+from engine.web.errors import WebError
+
 #: VRs whose values are JSON numbers (PS3.18 F.2.3).
 _INTEGER_VRS = frozenset({"IS", "SL", "SS", "UL", "US", "SV", "UV"})
 _FLOAT_VRS = frozenset({"DS", "FL", "FD"})
@@ -26,6 +28,9 @@ _FLOAT_VRS = frozenset({"DS", "FL", "FD"})
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 #: Binary values up to this many bytes are inlined (InlineBinary) in metadata.
 BULK_THRESHOLD = 1024
+#: Deepest sequence nesting written (the tag scanner's limit at ingest; a stored file may
+#: hold deeper defined-length sequences, which ingest skips unparsed).
+MAX_SEQUENCE_DEPTH = 64
 
 
 def tag_key(tag: int) -> str:
@@ -184,6 +189,9 @@ def dataset_json(ds: Dataset, bulk_uri: Callable[[str], str], path: str = "") ->
             continue
         element = ds[tag]
         if element.VR == "SQ":
+            if path.count("/") >= 2 * MAX_SEQUENCE_DEPTH:  # "tag/index/" per level
+                raise WebError(500, f"stored instance nests sequences deeper than "
+                                    f"{MAX_SEQUENCE_DEPTH} levels")
             items = [dataset_json(item, bulk_uri, f"{path}{key}/{i}/")
                      for i, item in enumerate(element.value)]
             out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}

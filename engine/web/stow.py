@@ -66,6 +66,9 @@ class PartResult:
     failure: int | None = None
     warning: int | None = None
     reason: str = ""
+    #: For the audit trail and metrics (not in the response).
+    patient_id: str = ""
+    size: int = 0
 
 
 class RejectedPart(Exception):
@@ -181,12 +184,14 @@ class PartReceiver:
         try:
             attributes = receiver.attributes()
             result.study_instance_uid = attributes.get("StudyInstanceUID", "")
+            result.patient_id = attributes.get("PatientID", "")
             if study_uid is not None and result.study_instance_uid != study_uid:
                 receiver.abort()
                 result.failure = STUDY_MISMATCH
                 result.reason = "Study Instance UID differs from the one in the URL"
                 return result
             stored = await receiver.complete()
+            result.size = stored.size
         except EngineError as exc:
             receiver.abort()
             result.failure, result.reason = _reason(exc), str(exc)
