@@ -35,8 +35,6 @@ log = logging.getLogger(__name__)
 
 #: Inflate deflated datasets in bounded steps (a small deflate stream can expand hugely).
 _INFLATE_STEP = 256 * 1024
-#: A wanted tag above every real one: the scanner then checks the dataset to its end.
-_WHOLE_DATASET = 0xFFFFFFFF
 
 
 def content_hasher(transfer_syntax_uid: str):
@@ -97,11 +95,8 @@ class InstanceReceiver:
         self.calling_ae_title = sanitize_ae_title(calling_ae_title)
         self.origin = origin or Origin(calling_ae_title)
         encoding = transfer_syntax_encoding(transfer_syntax_uid)
-        # The scan walks the whole dataset (the sentinel tag lies past every real one):
-        # values past the indexed ones are skipped by their lengths, which costs little,
-        # and a dataset cut short or malformed anywhere, Pixel Data included, is refused.
         self._scanner = TagScanner(encoding.explicit_vr, encoding.little_endian,
-                                   pipeline.wanted_tags + (_WHOLE_DATASET,), stop_tag=1 << 32)
+                                   pipeline.wanted_tags)
         self._little_endian = encoding.little_endian
         self._inflater = zlib.decompressobj(-15) if encoding.deflated else None
         self._scan_error: TagScanError | None = None
